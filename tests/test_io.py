@@ -1,0 +1,123 @@
+"""Model folders, atomic writes and the checkpoint loader that never runs pickled code."""
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from halluscope.errors import UserError
+from halluscope.io import (
+    atomic_path,
+    find_state_dict,
+    load_model_folder,
+    load_untrusted_checkpoint,
+    save_model_folder,
+    write_json,
+)
+
+MARKER = "pwned.txt"
+
+
+def _write_marker(path):  # what a malicious checkpoint would call while being unpickled
+    Path(path).write_text("code ran")
+
+
+class Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (_write_marker, (self.path,))
+
+
+def test_model_folder_round_trip(tmp_path):
+    sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_model_folder(tmp_path / "m", {"kind": "x", "n": 3}, sd)
+    config, loaded = load_model_folder(tmp_path / "m")
+    assert config == {"kind": "x", "n": 3}
+    assert loaded.keys() == sd.keys() and all(torch.equal(loaded[k], sd[k]) for k in sd)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_model_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="model folder not found"):
+        load_model_folder(tmp_path / "nope")
+    save_model_folder(tmp_path / "m", {"a": 1}, {"w": torch.zeros(2)})
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00" * 7)
+    with pytest.raises(UserError, match="unreadable"):
+        load_model_folder(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_model_folder(tmp_path / "m")
+
+
+def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "ckpt.bin"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]  # no temp file left behind
+
+
+def test_lightning_style_checkpoint_loads_with_inert_hyper_parameters(tmp_path):
+    sd = {"encoder.w": torch.randn(2, 2)}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
+    ckpt = load_untrusted_checkpoint(path)
+    assert ckpt["epoch"] == 3
+    assert "argparse.Namespace" in repr(ckpt["hyper_parameters"])
+    assert not hasattr(ckpt["hyper_parameters"], "lr")  # kept inert: nothing was built from it
+    assert torch.equal(find_state_dict(ckpt)["encoder.w"], sd["encoder.w"])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a plain pickle, on purpose
+@pytest.mark.parametrize("protocol_zip", [True, False])
+def test_code_running_pickle_is_refused_and_never_runs(tmp_path, protocol_zip):
+    marker = tmp_path / MARKER
+    path = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {"w": torch.zeros(1)}, "x": Exploit(str(marker))}
+    if protocol_zip:
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(UserError, match="refusing checkpoint"):
+        load_untrusted_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_damaged_checkpoints_give_clear_errors(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        load_untrusted_checkpoint(empty)
+    good = tmp_path / "good.ckpt"
+    torch.save({"w": torch.randn(100, 100)}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError):
+        load_untrusted_checkpoint(cut)
+    with pytest.raises(UserError, match="not found"):
+        load_untrusted_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_find_state_dict_unwraps_and_refuses_tensorless(tmp_path):
+    t = torch.ones(1)
+    for wrapped in ({"w": t}, {"state_dict": {"w": t}}, {"model_state_dict": {"w": t}}):
+        assert torch.equal(find_state_dict(wrapped)["w"], t)
+    with pytest.raises(UserError, match="no state dict"):
+        find_state_dict({"epoch": 1}, "x.ckpt")
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
