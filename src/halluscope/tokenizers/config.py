@@ -1,0 +1,175 @@
+"""Tokenizer configs: plain dataclasses that round-trip through a model folder's config.json,
+and the tiny / small / base presets for images and clips.
+
+A config's `kind` ("image" | "video") says what it tokenizes; `arch` says how:
+"vqgan" (taming's image VQGAN), "framewise" (that VQGAN applied to each frame of a clip) or
+"vqgan3d" (a spatiotemporal VQGAN with 3D convolutions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from halluscope.errors import UserError
+
+
+@dataclass
+class VQGANConfig:
+    """taming's VQModel: `ddconfig` fields plus `n_embed` / `embed_dim` (its YAML's names)."""
+
+    kind: str = "image"
+    arch: str = "vqgan"
+    resolution: int = 64
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 32  # a multiple of 32: taming's GroupNorm has 32 groups
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = ()
+    z_channels: int = 32
+    embed_dim: int = 32
+    n_embed: int = 256
+    dropout: float = 0.0
+    beta: float = 0.25  # commitment weight
+    # taming trained with the commitment weight on the wrong term (legacy=True); it only
+    # changes training, so imports keep taming's value and our own runs use the fixed one.
+    legacy: bool = False
+    quantizer: str = "vq"  # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.resolution // 2 ** (len(self.ch_mult) - 1)
+        return (side, side)
+
+
+@dataclass
+class FramewiseConfig:
+    """An image VQGAN applied to each of `frames` frames: grid (frames, h, w)."""
+
+    image: VQGANConfig = field(default_factory=VQGANConfig)
+    frames: int = 16
+    kind: str = "video"
+    arch: str = "framewise"
+
+    @property
+    def resolution(self) -> int:
+        return self.image.resolution
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.frames, *self.image.grid)
+
+
+@dataclass
+class VQGAN3DConfig:
+    """A 3D-convolution VQGAN. Each level but the last halves the axes whose factor in
+    `downsample` (dt, dh, dw) is not yet reached, earliest levels first, so 16 frames at 128²
+    with (4, 8, 8) and four levels give a (4, 16, 16) grid. `patch` folds pixels into channels
+    before the first convolution (and unfolds them after the last): a cheap extra downsampling
+    that keeps full-resolution 3D convolutions, the dominant cost on a CPU, out of the model."""
+
+    kind: str = "video"
+    arch: str = "vqgan3d"
+    resolution: int = 64
+    frames: int = 16
+    in_channels: int = 3
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    downsample: tuple[int, int, int] = (4, 4, 4)
+    patch: tuple[int, int, int] = (1, 1, 1)
+    mid_attention: bool = False  # attention over t*h*w latents: costly, off in the presets
+    z_channels: int = 32
+    embed_dim: int = 32
+    n_embed: int = 512
+    dropout: float = 0.0
+    beta: float = 0.25
+    legacy: bool = False
+
+    def __post_init__(self) -> None:
+        self.level_strides()  # validate early, with the user's numbers in the message
+
+    def level_strides(self) -> list[tuple[int, int, int]]:
+        """The (t, h, w) stride of the downsampling after each level but the last."""
+        levels = len(self.ch_mult) - 1
+        steps = []
+        for axis, (d, p) in zip("thw", zip(self.downsample, self.patch)):
+            if d % p or not _is_power_of_two(d // p) or int(math.log2(d // p)) > levels:
+                raise UserError(f"vqgan3d: downsample {tuple(self.downsample)} with patch {tuple(self.patch)} "
+                                f"needs each {axis} factor / patch to be a power of two of at most 2^{levels} "
+                                f"(ch_mult has {levels + 1} levels)")
+            steps.append(int(math.log2(d // p)))
+        return [tuple(2 if lvl < s else 1 for s in steps) for lvl in range(levels)]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        dt, dh, dw = self.downsample
+        if self.frames % dt or self.resolution % dh or self.resolution % dw:
+            raise UserError(f"vqgan3d: {self.frames} frames at {self.resolution}² do not divide by {tuple(self.downsample)}")
+        return (self.frames // dt, self.resolution // dh, self.resolution // dw)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+CONFIGS = {"vqgan": VQGANConfig, "framewise": FramewiseConfig, "vqgan3d": VQGAN3DConfig}
+
+
+def config_to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict):
+    """Rebuild a config from config.json; unknown or missing `arch` is one clear error."""
+    arch = d.get("arch")
+    if arch not in CONFIGS:
+        raise UserError(f"tokenizer config has arch {arch!r}; expected one of {sorted(CONFIGS)}")
+    cls = CONFIGS[arch]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"tokenizer config ({arch}) has unknown keys {unknown}")
+    kwargs = {}
+    for k, v in d.items():
+        if k == "image":
+            v = VQGANConfig(**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- presets
+
+# Sized so that `tiny` trains to a useful quality within minutes on a laptop CPU (64² images,
+# 16-frame 64² clips); `small` and `base` are for a GPU and larger resolutions. Low-dimensional
+# codes (embed_dim 8) keep far more of a codebook in use than 32-dimensional ones early on.
+IMAGE_PRESETS = {
+    "tiny": dict(resolution=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256),
+    "small": dict(resolution=128, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+                  z_channels=64, embed_dim=64, n_embed=1024),
+    "base": dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
+                 z_channels=256, embed_dim=256, n_embed=1024),
+}
+VIDEO_PRESETS = {
+    "tiny": dict(resolution=64, frames=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, downsample=(4, 4, 4),
+                 patch=(2, 4, 4), z_channels=32, embed_dim=8, n_embed=512),
+    "small": dict(resolution=128, frames=16, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=1, downsample=(4, 8, 8),
+                  patch=(1, 1, 1), z_channels=64, embed_dim=64, n_embed=1024),
+    "base": dict(resolution=128, frames=16, ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, downsample=(4, 8, 8),
+                 patch=(1, 1, 1), mid_attention=True, z_channels=256, embed_dim=256, n_embed=4096),
+}
+
+
+def preset(kind: str, name: str, **overrides):
+    """The named preset for `kind` ("image" | "video"), with `overrides` (e.g. resolution)."""
+    table = {"image": IMAGE_PRESETS, "video": VIDEO_PRESETS}.get(kind)
+    if table is None:
+        raise UserError(f"unknown tokenizer kind {kind!r}; expected 'image' or 'video'")
+    if name not in table:
+        raise UserError(f"unknown {kind} preset {name!r}; expected one of {sorted(table)}")
+    params = {**table[name], **{k: v for k, v in overrides.items() if v is not None}}
+    cls = VQGANConfig if kind == "image" else VQGAN3DConfig
+    return cls(**params)

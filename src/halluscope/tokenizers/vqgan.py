@@ -1,0 +1,116 @@
+"""VQ tokenizers: encoder → quant_conv → vector quantizer → post_quant_conv → decoder.
+
+`VQTokenizer` holds that pipeline once, for any number of latent axes; `VQGAN` fills it with
+taming-transformers' own Encoder / Decoder / VectorQuantizer2, with the parameter names of
+taming's `VQModel` (`encoder.*`, `decoder.*`, `quantize.embedding.weight`, `quant_conv.*`,
+`post_quant_conv.*`) so that taming checkpoints load as they are. The 3D clip VQGAN
+(vqgan3d.py) reuses the pipeline with its own convolutions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from einops import rearrange
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
+from torch import nn
+
+from halluscope.tokenizers.config import VQGANConfig
+
+
+class VQTokenizer(nn.Module):
+    """The Tokenizer contract over an encoder/decoder pair that subclasses build.
+
+    Latents are (B, D, *grid); the quantizer sees them folded to (B, D, prod(grid[:-1]), w),
+    which is exactly how taming's 2D quantizer flattens an image latent.
+    """
+
+    config: VQGANConfig
+    encoder: nn.Module
+    decoder: nn.Module
+    quant_conv: nn.Module
+    post_quant_conv: nn.Module
+    quantize: nn.Module
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(self.config.grid)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def frames(self) -> int | None:
+        return getattr(self.config, "frames", None)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(vocab_size, embed_dim) code vectors."""
+        q = self.quantize
+        return q.embed.weight if isinstance(q, GumbelQuantize) else q.embedding.weight
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantization latents (B, embed_dim, *grid) of pixels x in [-1, 1]."""
+        return self.quant_conv(self.encoder(x))
+
+    def quantize_features(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_q with straight-through gradients, codebook + commitment loss, tokens (B, *grid))."""
+        grid = z.shape[2:]
+        flat = z.reshape(*z.shape[:2], -1, grid[-1])  # (B, D, prod(grid[:-1]), w)
+        if isinstance(self.quantize, GumbelQuantize):
+            # Deterministic tokens: the most likely code, which taming's hard sampling draws
+            # only up to Gumbel noise. Training a Gumbel model is not supported here.
+            idx = self.quantize.proj(flat).argmax(1)
+            return self.embed(idx.reshape(z.shape[0], *grid)), z.new_zeros(()), idx.reshape(z.shape[0], *grid)
+        z_q, loss, (_, _, idx) = self.quantize(flat)
+        return z_q.reshape(z.shape), loss, idx.reshape(z.shape[0], *grid)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Code vectors of tokens (B, *grid) as latents (B, embed_dim, *grid)."""
+        return rearrange(self.codebook[tokens], "b ... d -> b d ...").contiguous()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction, codebook loss, tokens, pre-quantization latents)."""
+        z = self.features(x)
+        z_q, loss, tokens = self.quantize_features(z)
+        return self.decoder(self.post_quant_conv(z_q)), loss, tokens, z
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) or (B, 3, T, H, W) in [-1, 1] -> tokens LongTensor (B, *grid)."""
+        return self.quantize_features(self.features(x))[2].long()
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, *grid) -> pixels in [-1, 1] (not clamped: the decoder's raw output)."""
+        return self.decoder(self.post_quant_conv(self.embed(tokens)))
+
+
+class VQGAN(VQTokenizer):
+    """taming's image VQGAN (VQModel / GumbelVQ without their losses)."""
+
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        dd = dict(ch=config.ch, out_ch=config.out_ch, ch_mult=tuple(config.ch_mult), num_res_blocks=config.num_res_blocks,
+                  attn_resolutions=tuple(config.attn_resolutions), dropout=config.dropout, in_channels=config.in_channels,
+                  resolution=config.resolution, z_channels=config.z_channels, double_z=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its latent shape
+            self.encoder = Encoder(**dd)
+            self.decoder = Decoder(**dd)
+        if config.quantizer == "gumbel":
+            self.quantize = GumbelQuantize(config.z_channels, config.embed_dim, n_embed=config.n_embed)
+        else:
+            self.quantize = VectorQuantizer2(config.n_embed, config.embed_dim, beta=config.beta, legacy=config.legacy)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)

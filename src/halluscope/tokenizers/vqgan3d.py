@@ -1,0 +1,145 @@
+"""A spatiotemporal VQGAN for clips: taming's encoder/decoder design (ResNet blocks with
+GroupNorm and swish, strided downsampling, nearest upsampling) in 3D convolutions, with a
+per-axis downsampling (dt, dh, dw), quantized by taming's VectorQuantizer2.
+
+Shapes: clip (B, 3, T, H, W) -> latents (B, D, T/dt, H/dh, W/dw) -> tokens (B, T/dt, H/dh, W/dw).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from taming.modules.vqvae.quantize import VectorQuantizer2
+from torch import nn
+
+from halluscope.tokenizers.config import VQGAN3DConfig
+from halluscope.tokenizers.vqgan import VQTokenizer
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    # taming uses 32 groups; small presets have fewer channels than that.
+    return nn.GroupNorm(min(32, channels // 4) or 1, channels, eps=1e-6)
+
+
+class ResBlock3D(nn.Module):
+    def __init__(self, c_in: int, c_out: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv3d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = norm(c_out), nn.Conv3d(c_out, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class Attention3D(nn.Module):
+    """Single-head self-attention over all t*h*w latent positions."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm, self.qkv, self.proj = norm(c), nn.Conv3d(c, 3 * c, 1), nn.Conv3d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, h, w = x.shape[2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (n c) t h w -> n b 1 (t h w) c", n=3)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(rearrange(out, "b 1 (t h w) c -> b c t h w", t=t, h=h, w=w))
+
+
+class Downsample3D(nn.Module):
+    def __init__(self, c: int, stride: tuple[int, int, int]):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv3d(c, c, 3, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Like taming's 2D Downsample: pad (0, 1) on a strided axis so a size halves exactly;
+        # (1, 1) keeps an unstrided axis as it is. F.pad lists the last axis first.
+        pad = [p for s in reversed(self.stride) for p in ((0, 1) if s == 2 else (1, 1))]
+        return self.conv(F.pad(x, pad))
+
+
+class Upsample3D(nn.Module):
+    def __init__(self, c: int, scale: tuple[int, int, int]):
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv3d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+
+
+def middle(c: int, cfg: VQGAN3DConfig) -> nn.Sequential:
+    attn = Attention3D(c) if cfg.mid_attention else nn.Identity()
+    return nn.Sequential(ResBlock3D(c, c, cfg.dropout), attn, ResBlock3D(c, c, cfg.dropout))
+
+
+class Encoder3D(nn.Module):
+    def __init__(self, cfg: VQGAN3DConfig):
+        super().__init__()
+        self.patch = tuple(cfg.patch)
+        pt, ph, pw = self.patch
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        self.conv_in = nn.Conv3d(cfg.in_channels * pt * ph * pw, cfg.ch, 3, padding=1)
+        layers, c = [], cfg.ch
+        strides = cfg.level_strides() + [None]
+        for width, stride in zip(widths, strides):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock3D(c, width, cfg.dropout))
+                c = width
+            if stride is not None:
+                layers.append(Downsample3D(c, stride))
+        self.down = nn.Sequential(*layers)
+        self.mid = middle(c, cfg)
+        self.norm_out, self.conv_out = norm(c), nn.Conv3d(c, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pt, ph, pw = self.patch
+        x = rearrange(x, "b c (t pt) (h ph) (w pw) -> b (c pt ph pw) t h w", pt=pt, ph=ph, pw=pw)
+        h = self.mid(self.down(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder3D(nn.Module):
+    """The encoder mirrored, with one more ResNet block per level as in taming's Decoder."""
+
+    def __init__(self, cfg: VQGAN3DConfig):
+        super().__init__()
+        self.patch = tuple(cfg.patch)
+        pt, ph, pw = self.patch
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        c = widths[-1]
+        self.conv_in = nn.Conv3d(cfg.z_channels, c, 3, padding=1)
+        self.mid = middle(c, cfg)
+        layers = []
+        strides = [None] + cfg.level_strides()[::-1]
+        for width, stride in zip(widths[::-1], strides):
+            if stride is not None:
+                layers.append(Upsample3D(c, stride))
+            for _ in range(cfg.num_res_blocks + 1):
+                layers.append(ResBlock3D(c, width, cfg.dropout))
+                c = width
+        self.up = nn.Sequential(*layers)
+        self.norm_out = norm(c)
+        self.conv_out = nn.Conv3d(c, cfg.in_channels * pt * ph * pw, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        pt, ph, pw = self.patch
+        h = self.up(self.mid(self.conv_in(z)))
+        x = self.conv_out(F.silu(self.norm_out(h)))
+        return rearrange(x, "b (c pt ph pw) t h w -> b c (t pt) (h ph) (w pw)", pt=pt, ph=ph, pw=pw)
+
+
+class VQGAN3D(VQTokenizer):
+    def __init__(self, config: VQGAN3DConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder3D(config)
+        self.decoder = Decoder3D(config)
+        self.quantize = VectorQuantizer2(config.n_embed, config.embed_dim, beta=config.beta, legacy=config.legacy)
+        self.quant_conv = nn.Conv3d(config.z_channels, config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv3d(config.embed_dim, config.z_channels, 1)
