@@ -1,0 +1,122 @@
+"""KV-cached vs uncached sampling speed: N continuations of the first half of a sequence.
+
+`python -m benchmarks sampling_cache [--quick] [--threads 1 --clock cpu]`. For each preset
+(tiny, small) and total length (256, 1024 tokens), both paths of `GPT.generate` draw N=8
+samples of the second half after the first half, fp32, on the CPU, with untrained weights
+(speed does not depend on them).
+
+The cached path is timed over the whole generation. Re-running the whole sequence at every
+step costs more the longer the sequence, and the full run takes many minutes for the larger
+cases, so it is estimated: `generate(use_cache=False)` is timed for a few steps starting at
+several lengths spread over the range, and the per-step time is interpolated linearly between
+those lengths and summed over every step. The cheapest case is also run in full, and the table
+shows how far the estimate was from the measurement.
+
+On a machine shared with other jobs, `--threads 1 --clock cpu` times this process's own CPU
+seconds, which the other jobs barely disturb; wall time with several threads swings by
+several times there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from halluscope.gpt.config import preset
+from halluscope.gpt.model import GPT
+from halluscope.io import write_json
+
+RESULTS = Path(__file__).parent / "results" / "sampling_cache.json"
+VOCAB, SAMPLES = 1024, 8
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
+def timed(fn, repeats: int = 1) -> float:
+    """Best time of `repeats` calls, in seconds (the least disturbed by the shared CPU)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        best = min(best, clock() - t0)
+    return best
+
+
+def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, points: int, probe_steps: int) -> float:
+    """Seconds a full uncached generation of `steps` tokens after `prefix` would take,
+    interpolated from `points` probes of `probe_steps` steps each (see the module docstring)."""
+    length = prefix.shape[1]
+    starts = np.linspace(length, length + steps - probe_steps, points).round().astype(int)
+    per_step = []
+    for start in starts:
+        longer = torch.randint(0, VOCAB, (1, int(start)))
+        per_step.append(timed(lambda: model.generate(longer, probe_steps, SAMPLES, use_cache=False), repeats=2)
+                        / probe_steps)
+    # Step i runs on a sequence of length+i tokens.
+    return float(np.interp(np.arange(length, length + steps), starts, per_step).sum())
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sampling_cache",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only 256 tokens (a smoke run)")
+    parser.add_argument("--points", type=int, default=6, help="sequence lengths probed for the uncached estimate")
+    parser.add_argument("--probe-steps", type=int, default=3, help="uncached steps timed at each probed length")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time: with --threads 1 it is not inflated by "
+                             "other processes on a shared machine")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
+
+    rows = []
+    for name in ("tiny", "small"):
+        for total in (256,) if args.quick else (256, 1024):
+            torch.manual_seed(0)
+            model = GPT(preset(name, vocab_size=VOCAB, block_size=total)).eval()
+            context = total // 2
+            steps = total - context
+            prefix = torch.randint(0, VOCAB, (1, context))
+            model.generate(prefix, 4, SAMPLES)  # warm-up: allocator, kernels
+            cached = timed(lambda: model.generate(prefix, steps, SAMPLES), repeats=3)
+            row = {"preset": name, "params": model.num_params(), "total_tokens": total, "context_tokens": context,
+                   "new_tokens": steps, "samples": SAMPLES, "cached_s": cached,
+                   "uncached_s": uncached_estimate(model, prefix, steps, args.points, args.probe_steps),
+                   "uncached_method": f"estimated from {args.points} lengths x {args.probe_steps} steps"}
+            if name == "tiny" and total == 256:  # cheap enough to also measure in full
+                row["uncached_measured_s"] = timed(lambda: model.generate(prefix, steps, SAMPLES, use_cache=False),
+                                                   repeats=2)
+            row["cached_tok_s"] = SAMPLES * steps / cached
+            row["uncached_tok_s"] = SAMPLES * steps / row["uncached_s"]
+            row["speedup"] = row["uncached_s"] / cached
+            rows.append(row)
+            print(f"{name} {total}: cached {row['cached_tok_s']:.0f} tok/s, uncached ~{row['uncached_tok_s']:.0f} tok/s",
+                  flush=True)
+
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock, "dtype": "float32",
+            "device": "cpu", "vocab_size": VOCAB, "samples": SAMPLES}
+    write_json(RESULTS, {"meta": meta, "rows": rows})
+    print(f"\nKV-cached vs uncached sampling, N={SAMPLES} samples of the second half, fp32, CPU "
+          f"({meta['threads']} threads, {args.clock} time, torch {meta['torch']})\n")
+    print("| preset | params | total tokens | cached tok/s | uncached tok/s | speedup |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['total_tokens']} | {r['cached_tok_s']:.0f} | "
+              f"{r['uncached_tok_s']:.0f} | {r['speedup']:.1f}x |")
+    for r in rows:
+        if "uncached_measured_s" in r:
+            error = r["uncached_s"] / r["uncached_measured_s"] - 1
+            print(f"\nUncached times are estimates ({r['uncached_method']}); for {r['preset']} at "
+                  f"{r['total_tokens']} tokens the full run took {r['uncached_measured_s']:.2f} s against "
+                  f"{r['uncached_s']:.2f} s estimated ({error:+.0%}).")
+    print(f"\nwrote {RESULTS}")
+    return 0

@@ -1,0 +1,90 @@
+"""Scaled dot-product attention behind one function, with three interchangeable backends.
+
+- "xformers": `xformers.ops.memory_efficient_attention` (CUDA only; it takes (B, L, H, D)).
+- "sdpa": torch's `scaled_dot_product_attention` (CPU and GPU; it takes (B, H, L, D)).
+- "math": softmax(q kᵀ / √d + mask) v written out, the reference the others are tested against.
+- "auto": xformers when it is installed, its kernels load and the tensors are on CUDA; else sdpa.
+
+Each xformers wheel is built against one torch release, so an installed xformers may import
+fine and still have no kernels; asking for it then falls back to sdpa with one warning per
+process rather than failing or warning at every layer of every step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from halluscope.gpt.config import ATTENTION_BACKENDS
+
+_fallback_warned = False
+
+
+@functools.cache
+def xformers_problem(device_type: str) -> str | None:
+    """Why xformers cannot run on this device type, or None when it can. Cached: the check
+    runs one tiny attention call, because importing xformers succeeds even when its
+    compiled kernels do not match the installed torch."""
+    if device_type != "cuda":
+        return f"xformers needs CUDA tensors, these are on {device_type}"
+    try:
+        import xformers.ops as xops
+    except ImportError as e:
+        return f"xformers is not installed ({e})"
+    try:
+        q = torch.zeros(1, 8, 1, 16, device=device_type, dtype=torch.float16)
+        xops.memory_efficient_attention(q, q, q, attn_bias=xops.LowerTriangularMask())
+    except Exception as e:  # any failure here means "no usable kernel", whatever its type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"xformers kernels do not load ({first})"
+    return None
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """The backend that will actually run for tensors on `device`: "xformers", "sdpa" or "math"."""
+    global _fallback_warned
+    if requested not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {requested!r}; choose one of {ATTENTION_BACKENDS}")
+    if requested in ("sdpa", "math"):
+        return requested
+    if requested == "auto" and device.type != "cuda":
+        return "sdpa"  # xformers is CUDA-only: nothing to try, nothing to warn about
+    problem = xformers_problem(device.type)
+    if problem is None:
+        return "xformers"
+    # `auto` without xformers installed is the ordinary case, not worth a warning.
+    if not _fallback_warned and not (requested == "auto" and "not installed" in problem):
+        warnings.warn(f"attention={requested!r}: {problem}; using torch SDPA instead", stacklevel=3)
+        _fallback_warned = True
+    return "sdpa"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, backend: str,
+           dropout: float = 0.0) -> torch.Tensor:
+    """Attention of q over k, v, all (B, H, L, D) -> (B, H, Lq, D).
+
+    causal=True masks key j > query i (queries and keys start at the same position);
+    causal=False lets every query see every key (one new token attending to a cache).
+    `backend` is an already resolved name ("xformers", "sdpa" or "math").
+    """
+    if backend == "xformers":
+        import xformers.ops as xops
+
+        bias = xops.LowerTriangularMask() if causal else None
+        # xformers wants (B, L, H, D); the transposes are views, not copies.
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              attn_bias=bias, p=dropout)
+        return out.transpose(1, 2)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    if causal:
+        lq, lk = att.shape[-2:]
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        att = att.masked_fill(~mask, float("-inf"))
+    att = F.dropout(att.softmax(dim=-1), p=dropout, training=dropout > 0)
+    return att @ v

@@ -1,0 +1,83 @@
+"""GPTConfig, the one dataclass that describes a GPT, and the named size presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from halluscope.errors import UserError
+
+ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 1024
+    block_size: int = 256  # most tokens one forward pass reads: the length of the position table
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    # Token grid the sequences are flattened from: (h, w) for images, (t, h, w) for clips.
+    grid: tuple[int, ...] | None = None
+    # Position embedding = sum of one learned table per grid axis instead of one per position:
+    # far fewer parameters, and a clip's frames share their row/column embeddings.
+    factorized_pos: bool = False
+    # Condition tokens (e.g. a class id) read before the grid tokens, from their own vocabulary.
+    n_cond: int = 0
+    cond_vocab_size: int = 0
+    attention: str = "auto"  # auto | xformers | sdpa | math
+    tokenizer: str | None = None  # folder of the tokenizer whose tokens this model reads
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            self.grid = tuple(int(g) for g in self.grid)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"GPT config: {name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"GPT config: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise UserError(f"GPT config: attention must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                            f"got {self.attention!r}")
+        if (self.n_cond > 0) != (self.cond_vocab_size > 0):
+            raise UserError("GPT config: n_cond and cond_vocab_size must both be set (or both 0)")
+        if self.factorized_pos:
+            if not self.grid:
+                raise UserError("GPT config: factorized_pos needs the token grid (grid)")
+            if self.block_size > math.prod(self.grid):
+                raise UserError(f"GPT config: block_size {self.block_size} exceeds the {math.prod(self.grid)} "
+                                f"positions of grid {self.grid}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        """The config a JSON object describes; unknown keys are a UserError, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"GPT config has unknown keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+# (n_layer, n_head, n_embd). The four large ones are the published VQGAN-GPT sizes (GPT-2's
+# shapes); with a 16384-token vocabulary they hold about 110M, 336M, 750M and 1.5B parameters.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 4, 64),  # CPU tests
+    "small": (6, 8, 256),  # CPU experiments
+    "110m": (12, 12, 768),
+    "336m": (24, 16, 1024),
+    "730m": (36, 20, 1280),
+    "1.5b": (48, 25, 1600),
+}
+
+
+def preset(name: str, **overrides) -> GPTConfig:
+    """A GPTConfig of a named size; any field can be overridden (vocab_size, block_size, ...)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown GPT preset {name!r}; choose one of {', '.join(PRESETS)}")
+    n_layer, n_head, n_embd = PRESETS[name]
+    return replace(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd), **overrides)

@@ -1,0 +1,107 @@
+"""Import GPTs saved in minGPT's layout: minGPT itself, the transformer inside
+taming-transformers' Net2NetTransformer and TATS (keys under `transformer.`), and the
+VQGAN-GPT models trained on those codebases.
+
+minGPT keeps separate key / query / value projections and a (1, T, C) position table; ours
+fuse q, k, v into one matmul. Sizes the state dict determines (vocabulary, width, block size)
+are read from it; the flags that it cannot (layers, heads) are checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import torch
+
+from halluscope.errors import UserError
+from halluscope.gpt.config import GPTConfig
+from halluscope.gpt.checkpoint import gpt_from_state_dict
+from halluscope.gpt.model import GPT
+from halluscope.io import find_state_dict, load_untrusted_checkpoint
+
+# Per-block minGPT name -> ours (for .weight and .bias). q, k, v are handled apart: they fuse.
+BLOCK_RENAMES = {"ln1": "ln1", "ln2": "ln2", "attn.proj": "attn.proj", "mlp.0": "mlp.fc", "mlp.2": "mlp.proj"}
+EMBEDDING = "tok_emb.weight"
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The GPT's own keys: whatever precedes `tok_emb.weight` (``, `transformer.`, `module.`)
+    is removed, and keys of other sub-models in the same checkpoint are left out."""
+    prefixes = sorted({k[: -len(EMBEDDING)] for k in sd if k.endswith(EMBEDDING)})
+    if not prefixes:
+        raise UserError(f"no minGPT token embedding (`{EMBEDDING}`) in the checkpoint; is it a minGPT-layout GPT?")
+    if len(prefixes) > 1:
+        raise UserError(f"the checkpoint holds several minGPT models (under {', '.join(repr(p) for p in prefixes)})")
+    return {k[len(prefixes[0]):]: v for k, v in sd.items() if k.startswith(prefixes[0])}
+
+
+def _check_causal(mask: torch.Tensor, key: str) -> None:
+    m = mask.reshape(mask.shape[-2:]) != 0
+    if not torch.equal(m, torch.ones_like(m).tril()):
+        raise UserError(f"{key} is not a causal (lower-triangular) mask; models whose first positions "
+                        "see each other (taming's n_unmasked > 0) are not supported")
+
+
+def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
+                   block_size: int | None = None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """(config, state dict in our layout) for a minGPT-layout state dict. block_size may be
+    smaller than the checkpoint's position table (only the first positions are kept)."""
+    sd = dict(_strip_prefix(sd))
+
+    def take(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise UserError(f"minGPT checkpoint is missing `{key}`")
+        t = sd.pop(key)
+        return t.float() if t.is_floating_point() else t
+
+    vocab, n_embd = sd[EMBEDDING].shape
+    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if blocks != list(range(len(blocks))):
+        raise UserError(f"minGPT checkpoint has gaps in its block numbers: {blocks}")
+    if len(blocks) != n_layer:
+        raise UserError(f"--n-layer is {n_layer}, but the checkpoint has {len(blocks)} transformer blocks")
+    if n_embd % n_head:
+        raise UserError(f"--n-head {n_head} does not divide the checkpoint's width n_embd={n_embd}")
+    pos = take("pos_emb")
+    pos = pos.reshape(pos.shape[-2:])  # (1, T, C) -> (T, C)
+    if block_size is None:
+        block_size = pos.shape[0]
+    elif block_size > pos.shape[0]:
+        raise UserError(f"--block-size {block_size} exceeds the checkpoint's {pos.shape[0]} positions")
+
+    out = {"tok_emb.weight": take(EMBEDDING), "pos_emb": pos[:block_size]}
+    head = take("head.weight")
+    if head.shape != (vocab, n_embd):
+        raise UserError(f"head.weight is {tuple(head.shape)}, expected ({vocab}, {n_embd}) from tok_emb")
+    out["head.weight"] = head
+    for part in ("weight", "bias"):
+        out[f"ln_f.{part}"] = take(f"ln_f.{part}")
+    for i in blocks:
+        p = f"blocks.{i}."
+        if p + "attn.mask" in sd:
+            _check_causal(sd.pop(p + "attn.mask"), p + "attn.mask")
+        for part in ("weight", "bias"):
+            out[f"{p}attn.qkv.{part}"] = torch.cat([take(f"{p}attn.{n}.{part}") for n in ("query", "key", "value")])
+            for old, new in BLOCK_RENAMES.items():
+                out[f"{p}{new}.{part}"] = take(f"{p}{old}.{part}")
+    if sd:
+        extra = sorted(sd)
+        raise UserError(f"minGPT checkpoint has {len(extra)} keys this importer does not know, e.g. "
+                        f"{', '.join(extra[:3])}")
+    config = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    return config, out
+
+
+def import_mingpt(ckpt: str | os.PathLike, n_layer: int, n_head: int, block_size: int | None = None,
+                  tokenizer: str | None = None, grid: tuple[int, ...] | None = None) -> GPT:
+    """A GPT from a minGPT-layout checkpoint file (bare state dict, or under `state_dict` /
+    `model_state_dict` / `model`), read without running any pickled code."""
+    sd = find_state_dict(load_untrusted_checkpoint(ckpt), ckpt)
+    config, state_dict = convert_mingpt(sd, n_layer, n_head, block_size)
+    config.tokenizer, config.grid = tokenizer, tuple(grid) if grid else None
+    if grid and math.prod(grid) - 1 > config.block_size:
+        raise UserError(f"token grid {'x'.join(map(str, grid))} needs {math.prod(grid) - 1} positions; "
+                        f"the model has {config.block_size}")
+    return gpt_from_state_dict(config, state_dict, str(ckpt))

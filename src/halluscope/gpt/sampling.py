@@ -1,0 +1,124 @@
+"""Drawing continuations: temperature, top-k and top-p filtering, and KV-cached generation
+that encodes the context once and shares it across the N samples.
+
+The log-probability reported for a sampled token is its log-probability under the
+distribution it was actually drawn from: softmax of the logits divided by the temperature,
+after top-k and then top-p removed tokens (so it is 0 when only one token survives). The
+unfiltered model likelihood of a sequence is what `score` gives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm import tqdm
+
+from halluscope.errors import UserError
+
+if TYPE_CHECKING:
+    from halluscope.gpt.model import GPT
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Settings a user typed are checked once, with a message that names the flag."""
+    if not temperature > 0:
+        raise UserError(f"temperature must be > 0 (got {temperature}); use top_k=1 for greedy decoding")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be at least 1 (got {top_k})")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1] (got {top_p})")
+
+
+def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> None:
+    """The condition tokens a conditional model needs ((rows, n_cond), in its condition
+    vocabulary), and none for an unconditional one."""
+    c = model.config
+    if not c.n_cond:
+        if cond is not None:
+            raise UserError("this GPT is unconditional; it takes no condition tokens")
+        return
+    if cond is None or tuple(cond.shape) != (rows, c.n_cond):
+        got = "none" if cond is None else tuple(cond.shape)
+        raise UserError(f"this GPT reads {c.n_cond} condition token(s) per sequence: "
+                        f"expected shape {(rows, c.n_cond)}, got {got}")
+    if cond.min() < 0 or cond.max() >= c.cond_vocab_size:
+        raise UserError(f"condition tokens must be in [0, {c.cond_vocab_size}), got {cond.flatten().tolist()}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """logits (..., V) -> float32 logits of the sampling distribution: divided by the
+    temperature; then only the top_k largest kept; then only the smallest set of the
+    remaining tokens whose probability reaches top_p (the most likely token always stays).
+    Removed tokens get -inf."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # A token is dropped when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from already filtered logits (N, V): (tokens (N,), logprobs (N,))."""
+    logp = logits.log_softmax(dim=-1)
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator)  # (N, 1)
+    return tokens.squeeze(1), logp.gather(1, tokens).squeeze(1)
+
+
+def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 1, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             cond: torch.Tensor | None = None, use_cache: bool = True,
+             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample `num_samples` continuations of `steps` tokens after every prefix row.
+
+    prefix: (L,) or (B, L) grid tokens (L may be 0 for a conditional model); cond (B, n_cond).
+    Returns (tokens, logprobs), each (B·N, steps); rows b·N .. b·N+N-1 continue prefix row b.
+
+    With use_cache (the default) the prefix is run once, written into a KV cache of B·N rows,
+    and each step feeds only the newest token. use_cache=False re-runs the whole sequence at
+    every step: the slow reference the cached path is tested and benchmarked against.
+    Call it through `GPT.generate`, which switches off dropout and autograd.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if prefix.dim() == 1:
+        prefix = prefix[None]
+    b, length = prefix.shape
+    n = num_samples
+    if steps < 1 or n < 1:
+        raise UserError(f"need at least one step and one sample (got steps={steps}, num_samples={n})")
+    if length == 0 and not model.config.n_cond:
+        raise UserError("an unconditional model needs at least one prefix token to continue")
+    # The last sampled token is never fed back, hence the -1.
+    if length + steps - 1 > model.config.block_size:
+        raise UserError(f"prefix of {length} + {steps} new tokens needs {length + steps - 1} positions; "
+                        f"the model has {model.config.block_size}")
+    check_cond(model, cond, b)
+    device = model.tok_emb.weight.device
+    prefix = prefix.to(device)
+    cond = None if cond is None else cond.to(device)
+    tokens = torch.empty(b * n, steps, dtype=torch.long, device=device)
+    logprobs = torch.empty(b * n, steps, device=device)
+
+    cache = model.new_cache(b * n, length + steps - 1) if use_cache else None
+
+    def next_logits(i: int) -> torch.Tensor:  # (B·N, V): the distribution of token i
+        if not use_cache:
+            seq = torch.cat([prefix.repeat_interleave(n, 0), tokens[:, :i]], dim=1)
+            rows_cond = None if cond is None else cond.repeat_interleave(n, 0)
+            return model(seq, rows_cond, last_only=True)[:, -1]
+        if i == 0:  # prefill: B rows computed once, spread over the B·N cache rows
+            return model(prefix, cond, cache=cache, last_only=True)[:, -1].repeat_interleave(n, 0)
+        return model(tokens[:, i - 1:i], cache=cache, last_only=True)[:, -1]
+
+    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+        filtered = filter_logits(next_logits(i), temperature, top_k, top_p)
+        tokens[:, i], logprobs[:, i] = sample_next(filtered, generator)
+    return tokens, logprobs

@@ -1,0 +1,154 @@
+"""Importing minGPT-layout checkpoints: a reference minGPT written here (separate key / query /
+value layers, a causal mask buffer, masked softmax) must give the same logits as the imported
+model, for every way such checkpoints are wrapped."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from halluscope.cli import main
+from halluscope.errors import UserError
+from halluscope.gpt.checkpoint import load_gpt
+from halluscope.gpt.mingpt import import_mingpt
+
+VOCAB, WIDTH, HEADS, LAYERS, BLOCK = 29, 48, 4, 3, 40
+
+
+class RefAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.key, self.query, self.value = (nn.Linear(WIDTH, WIDTH) for _ in range(3))
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.register_buffer("mask", torch.tril(torch.ones(BLOCK, BLOCK)).view(1, 1, BLOCK, BLOCK))
+
+    def forward(self, x):
+        b, t, c = x.shape
+
+        def heads(layer):  # (B, T, C) -> (B, H, T, D)
+            return layer(x).view(b, t, HEADS, c // HEADS).transpose(1, 2)
+
+        q, k, v = heads(self.query), heads(self.key), heads(self.value)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(c // HEADS)
+        att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
+
+
+class RefBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.attn = RefAttention()
+        self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH), nn.Dropout(0.0))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class RefGPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok_emb = nn.Embedding(VOCAB, WIDTH)
+        self.pos_emb = nn.Parameter(torch.randn(1, BLOCK, WIDTH) * 0.1)
+        self.blocks = nn.Sequential(*(RefBlock() for _ in range(LAYERS)))
+        self.ln_f = nn.LayerNorm(WIDTH)
+        self.head = nn.Linear(WIDTH, VOCAB, bias=False)
+        for p in self.parameters():  # away from the defaults, so a mixed-up tensor shows
+            if p.dim() == 1:
+                nn.init.normal_(p, std=0.1)
+
+    def forward(self, idx):
+        x = self.tok_emb(idx) + self.pos_emb[:, : idx.shape[1]]
+        return self.head(self.ln_f(self.blocks(x)))
+
+
+@pytest.fixture(scope="module")
+def ref():
+    torch.manual_seed(0)
+    return RefGPT().eval()
+
+
+def save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def same_logits(model, ref, length=BLOCK):
+    x = torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "no_mask", "model_state_dict", "taming"])
+def test_mingpt_checkpoints_load_with_identical_logits(tmp_path, ref, wrap):
+    sd = ref.state_dict()
+    assert "blocks.0.attn.mask" in sd
+    obj = {
+        "bare": sd,
+        "no_mask": {k: v for k, v in sd.items() if not k.endswith("attn.mask")},
+        "model_state_dict": {"model_state_dict": sd, "epoch": 3},
+        # taming's Net2NetTransformer: the GPT under `transformer.`, beside its VQGAN.
+        "taming": {"state_dict": {**{f"transformer.{k}": v for k, v in sd.items()},
+                                  "first_stage_model.encoder.conv_in.weight": torch.randn(4, 3, 3, 3)}},
+    }[wrap]
+    model = import_mingpt(save(tmp_path / "gpt.pt", obj), n_layer=LAYERS, n_head=HEADS)
+    c = model.config
+    assert (c.vocab_size, c.n_embd, c.block_size, c.n_layer) == (VOCAB, WIDTH, BLOCK, LAYERS)
+    assert same_logits(model, ref)
+
+
+def test_block_size_can_keep_the_first_positions(tmp_path, ref):
+    model = import_mingpt(save(tmp_path / "gpt.pt", ref.state_dict()), LAYERS, HEADS, block_size=16)
+    assert model.config.block_size == 16 and same_logits(model, ref, length=16)
+    with pytest.raises(UserError, match="exceeds the checkpoint's 40 positions"):
+        import_mingpt(tmp_path / "gpt.pt", LAYERS, HEADS, block_size=41)
+
+
+def test_import_gpt_command_writes_a_loadable_folder(tmp_path, ref, capsys):
+    ckpt = save(tmp_path / "gpt.pt", ref.state_dict())
+    (tmp_path / "vq").mkdir()
+    (tmp_path / "vq" / "config.json").write_text("{}")
+    out = tmp_path / "gpt"
+    assert main(["import-gpt", "--ckpt", str(ckpt), "--format", "mingpt", "--n-layer", str(LAYERS),
+                 "--n-head", str(HEADS), "--tokenizer", str(tmp_path / "vq"), "--grid", "5x8",
+                 "--out", str(out)]) == 0
+    assert "imported a GPT" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["tokenizer"] == "../vq" and config["grid"] == [5, 8]
+    assert same_logits(load_gpt(out), ref)
+
+
+@pytest.mark.parametrize("change, flags, message", [
+    (None, ["--n-layer", "2", "--n-head", "4"], "--n-layer is 2, but the checkpoint has 3"),
+    (None, ["--n-layer", "3", "--n-head", "5"], "does not divide the checkpoint's width n_embd=48"),
+    ("open_mask", [], "not a causal"),
+    ("extra_key", [], "does not know, e.g. blocks.0.attn.rotary"),
+    ("no_head", [], "missing `head.weight`"),
+    (None, ["--grid", "8x8"], "needs 63 positions"),
+])
+def test_import_mistakes_are_one_line_errors(tmp_path, ref, capsys, change, flags, message):
+    sd = dict(ref.state_dict())
+    if change == "open_mask":  # taming's n_unmasked: the first positions see each other
+        sd["blocks.1.attn.mask"] = sd["blocks.1.attn.mask"].clone()
+        sd["blocks.1.attn.mask"][..., :4, :4] = 1
+    elif change == "extra_key":
+        sd["blocks.0.attn.rotary"] = torch.zeros(3)
+    elif change == "no_head":
+        del sd["head.weight"]
+    ckpt = save(tmp_path / "gpt.pt", sd)
+    defaults = {"--n-layer": str(LAYERS), "--n-head": str(HEADS)}
+    args = ["import-gpt", "--ckpt", str(ckpt), "--out", str(tmp_path / "gpt")]
+    for flag, value in {**defaults, **dict(zip(flags[::2], flags[1::2]))}.items():
+        args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "gpt").exists()
+
+
+def test_a_file_without_a_mingpt_is_refused(tmp_path):
+    with pytest.raises(UserError, match="no minGPT token embedding"):
+        import_mingpt(save(tmp_path / "x.pt", {"encoder.weight": torch.zeros(2)}), 1, 1)
