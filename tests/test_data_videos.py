@@ -120,7 +120,7 @@ def test_bad_videos_are_skipped_once_each_with_a_warning_naming_them(data_bad_vi
         lines = [r for r in caplog.records if f"skipping {root / name}:" in r.getMessage()]
         assert len(lines) == 1, name
     assert ds.report() == f"{root}: read 1 video files (2 clips), skipped 6 (see warnings above)"
-    assert f"skipped 6 (see warnings above)" in caplog.records[-1].getMessage()  # the summary comes last
+    assert "skipped 6 (see warnings above)" in caplog.records[-1].getMessage()  # the summary comes last
 
 
 def test_a_file_failing_at_decode_time_is_skipped_and_the_next_clip_returned(tmp_path, monkeypatch, caplog):

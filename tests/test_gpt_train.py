@@ -59,6 +59,22 @@ def test_loss_falls_and_outputs_are_written(cache, tmp_path):
     assert load_gpt(out / "model").config.grid == GRID
 
 
+def test_metrics_are_mirrored_to_tensorboard_when_it_is_installed(cache, tmp_path, monkeypatch):
+    class FakeWriter:
+        scalars = []
+
+        def add_scalar(self, name, value, step):
+            self.scalars.append((name, step))
+
+        def close(self):
+            self.closed = True
+
+    writer = FakeWriter()
+    monkeypatch.setattr(train_module, "tensorboard_writer", lambda folder: writer)
+    train(config(cache, tmp_path / "run", steps=3, eval_every=3))
+    assert ("loss", 1) in writer.scalars and ("val_loss", 3) in writer.scalars and writer.closed
+
+
 def test_resume_is_exact(cache, tmp_path, monkeypatch):
     train(config(cache, tmp_path / "straight"))
     real_save = train_module.save_checkpoint
@@ -114,7 +130,9 @@ def test_a_crash_between_write_and_rename_leaves_the_last_checkpoint_loadable(ca
     monkeypatch.undo()
     assert [p.name for p in checkpoint_dirs(out)] == ["step_00000010"]
     load_gpt(checkpoint_dirs(out)[0])  # still whole
+    assert list((out / "checkpoints").glob("*.tmp"))  # what the crash left behind
     train(config(cache, out, resume=True))  # and the run finishes from it
+    assert not list((out / "checkpoints").glob("*.tmp"))
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 20
 
 

@@ -3,10 +3,10 @@
 import argparse
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import Exploit
 
 from halluscope.errors import UserError
 from halluscope.io import (
@@ -17,20 +17,6 @@ from halluscope.io import (
     save_model_folder,
     write_json,
 )
-
-MARKER = "pwned.txt"
-
-
-def _write_marker(path):  # what a malicious checkpoint would call while being unpickled
-    Path(path).write_text("code ran")
-
-
-class Exploit:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (_write_marker, (self.path,))
 
 
 def test_model_folder_round_trip(tmp_path):
@@ -79,7 +65,7 @@ def test_lightning_style_checkpoint_loads_with_inert_hyper_parameters(tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a plain pickle, on purpose
 @pytest.mark.parametrize("protocol_zip", [True, False])
 def test_code_running_pickle_is_refused_and_never_runs(tmp_path, protocol_zip):
-    marker = tmp_path / MARKER
+    marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.ckpt"
     payload = {"state_dict": {"w": torch.zeros(1)}, "x": Exploit(str(marker))}
     if protocol_zip:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import Exploit
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
@@ -102,18 +103,6 @@ def test_gumbel_checkpoint_imports_with_argmax_tokens(tmp_path):
         z_q = torch.einsum("bnhw,nd->bdhw", one_hot, ref.quantize.embed.weight)
         assert torch.equal(tok.encode(x), logits.argmax(1))
         torch.testing.assert_close(tok.decode(tok.encode(x)), ref.decoder(ref.post_quant_conv(z_q)))
-
-
-def _write_marker(path):  # what a malicious checkpoint would run while being unpickled
-    Path(path).write_text("code ran")
-
-
-class Exploit:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (_write_marker, (self.path,))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

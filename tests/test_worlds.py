@@ -11,8 +11,15 @@ import torch
 from PIL import Image
 
 from halluscope.cli import main
-from halluscope.data import (ImageFolder, ImageWorld, VideoFolder, VideoWorld, load_clip, write_clip_grid,
-                             write_image_grid)
+from halluscope.data import (
+    ImageFolder,
+    ImageWorld,
+    VideoFolder,
+    VideoWorld,
+    load_clip,
+    write_clip_grid,
+    write_image_grid,
+)
 from halluscope.data.shapes import from_dicts, render, simulate, to_dicts
 from halluscope.data.worlds import VIOLATIONS
 from halluscope.errors import UserError

@@ -6,8 +6,8 @@ tokenizers, read by gpt). It imports nothing else from halluscope except
 
 from halluscope.data.folder import MediaFolder
 from halluscope.data.images import ImageFolder, load_image
-from halluscope.data.token_cache import TokenCache, write_token_cache
 from halluscope.data.media import write_clip_grid, write_image_grid, write_png, write_video
+from halluscope.data.token_cache import TokenCache, write_token_cache
 from halluscope.data.videos import VideoFolder, load_clip
 from halluscope.data.worlds import ImageWorld, VideoWorld, write_world
 

@@ -28,8 +28,17 @@ from tqdm import tqdm
 
 from halluscope.data.media import write_png, write_video
 from halluscope.data.pixels import to_float
-from halluscope.data.shapes import (BACKGROUND, PALETTE, State, from_dicts, on_grid, random_shape, render,
-                                    simulate, to_dicts)
+from halluscope.data.shapes import (
+    BACKGROUND,
+    PALETTE,
+    State,
+    from_dicts,
+    on_grid,
+    random_shape,
+    render,
+    simulate,
+    to_dicts,
+)
 from halluscope.errors import UserError
 from halluscope.io import atomic_path, write_json
 

@@ -16,8 +16,8 @@ import re
 import torch
 
 from halluscope.errors import UserError
-from halluscope.gpt.config import GPTConfig
 from halluscope.gpt.checkpoint import gpt_from_state_dict
+from halluscope.gpt.config import GPTConfig
 from halluscope.gpt.model import GPT
 from halluscope.io import find_state_dict, load_untrusted_checkpoint
 

@@ -14,6 +14,7 @@ it runs ahead of the step when a non-finite step is skipped) and the torch RNG s
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from halluscope.data.token_cache import TokenCache
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt, save_gpt
-from halluscope.gpt.config import GPTConfig, preset
+from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
 from halluscope.io import atomic_path
 
@@ -218,6 +219,36 @@ def load_checkpoint(ckpt: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple
     return int(state["step"]), int(state["cursor"])
 
 
+def tensorboard_writer(folder: Path):
+    """A TensorBoard SummaryWriter into `folder` when the tensorboard package is installed, else None."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder))
+
+
+class MetricsLog:
+    """One JSON line per step in metrics.jsonl, mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, out: Path):
+        self.file = open(out / "metrics.jsonl", "a")
+        self.tensorboard = tensorboard_writer(out / "tensorboard")
+
+    def write(self, metrics: dict) -> None:
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in metrics.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, metrics["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
 def drop_metrics_after(path: Path, step: int) -> None:
     """Forget log lines past the checkpoint a run resumes from, so no step is logged twice
     (and a line cut short by a kill)."""
@@ -305,7 +336,9 @@ def _train(cfg: TrainConfig, env: Dist) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         drop_metrics_after(out / "metrics.jsonl", step)
-    log = open(out / "metrics.jsonl", "a") if env.main else None
+        for stale in (out / "checkpoints").glob("*.tmp"):  # cut off mid-write by an earlier kill
+            shutil.rmtree(stale)
+    log = MetricsLog(out) if env.main else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not (env.main and cfg.progress), desc="train-gpt")
     tokens_per_step = cfg.batch * cfg.accum * env.world * (cache.seq_len - 1)
     bad_in_a_row, last, losses = 0, {}, []
@@ -334,9 +367,9 @@ def _train(cfg: TrainConfig, env: Dist) -> TrainResult:
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             last["val_loss"] = evaluate(net, val, env.device, amp) if val else float("nan")
         if env.main:
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+            log.write(last)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}",
+                            **({"mfu": f"{util:.1%}"} if util is not None else {}))
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
                 save_checkpoint(out, model, opt, step, cursor, cfg)
