@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cache.vocab_size}), {result['steps']} steps in {seconds:.0f} s, median {tokens_per_s:.0f} tokens/s\n")
     print("| step | val loss (nats/token) | / unigram entropy |")
     print("|---|---|---|")
-    for point in curve[:: max(1, len(curve) // 10)] + [curve[-1]]:
+    shown = curve[:: max(1, len(curve) // 10)]
+    for point in shown + ([curve[-1]] if shown[-1] is not curve[-1] else []):
         print(f"| {point['step']} | {point['val_loss']:.3f} | {point['val_loss'] / unigram:.2f} |")
     print(f"\nunigram entropy (reference): {unigram:.3f} nats/token")
     return 0
