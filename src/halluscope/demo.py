@@ -36,7 +36,7 @@ class DemoSize:
     samples: int
 
 
-FULL = DemoSize(train_images=1000, heldout_images=4, tokenizer_steps=600, gpt_steps=600, samples=8)
+FULL = DemoSize(train_images=1000, heldout_images=4, tokenizer_steps=400, gpt_steps=300, samples=8)
 QUICK = DemoSize(train_images=32, heldout_images=2, tokenizer_steps=8, gpt_steps=12, samples=4)
 
 
@@ -78,13 +78,13 @@ def run_demo(out: Path, size: DemoSize) -> dict:
     tok_run = out / "tokenizer"
     tokenizer_train.train(tokenizer_train.TrainConfig(
         kind="image", data=str(train_dir), out=str(tok_run), preset="tiny", steps=size.tokenizer_steps,
-        batch=16, resume=True))
+        batch=8, resume=True))
     token_cache.tokenize(tok_run / "model", train_dir, out / "tokens", resume=True)
     cache = TokenCache(out / "tokens")
 
     gpt_run = out / "gpt"
     gpt_train.train(gpt_train.TrainConfig(
-        tokens=str(out / "tokens"), out=str(gpt_run), preset="tiny", steps=size.gpt_steps, batch=16,
+        tokens=str(out / "tokens"), out=str(gpt_run), preset="tiny", steps=size.gpt_steps, batch=32,
         lr=3e-3, warmup=min(50, size.gpt_steps // 4), min_lr=3e-4, eval_every=max(1, size.gpt_steps // 4),
         ckpt_every=max(1, size.gpt_steps // 4), resume=True))
 
