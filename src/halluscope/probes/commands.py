@@ -1,8 +1,16 @@
-"""Probe commands: `halluscope sample` (one example, N continuations)."""
+"""Probe commands: `halluscope sample` (one example, N continuations), `halluscope probe`
+(batch continuation probe with sweeps, records, summaries, plots and a report),
+`halluscope probe-report` (one report over several runs, e.g. images vs clips) and
+`halluscope probe-recognition` (real clips vs physics-violating twins)."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -10,7 +18,13 @@ from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.sampling import check_sampling
-from halluscope.probes.sample import continue_example, write_continuations
+from halluscope.io import atomic_path, read_json, write_json
+from halluscope.probes.context import context_split
+from halluscope.probes.probe import ProbeConfig, run_probe
+from halluscope.probes.recognition import load_pairs, recognition
+from halluscope.probes.report import plot_roc, slug, write_report
+from halluscope.probes.sample import check_pair, continue_example, write_continuations, write_panels
+from halluscope.probes.samplers import GPTSampler, OracleSampler, load_examples
 from halluscope.tokenizers import load_tokenizer
 
 
@@ -21,7 +35,16 @@ def parse_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def parse_floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_probe(subparsers)
+    register_recognition(subparsers)
     p = subparsers.add_parser("sample", help="continue the first part of an image or clip with a GPT, N times")
     p.add_argument("--gpt", required=True, help="GPT folder (its config names its tokenizer)")
     p.add_argument("--input", required=True, help="an image file, or a video file for a clip tokenizer")
@@ -63,4 +86,170 @@ def sample_command(args: argparse.Namespace) -> int:
     print(f"{args.samples} continuations of {result.context_units}/{result.grid[0]} "
           f"{'token rows' if len(result.grid) == 2 else 'latent frames'} "
           f"({result.context_tokens} tokens) -> {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def register_probe(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("probe", help="continuation probe over a dataset: diversity and closeness to the truth "
+                                             "vs context, sampling settings and models; records, summary, report")
+    p.add_argument("--gpt", action="append", default=[], help="GPT folder; repeat to compare several models")
+    p.add_argument("--oracle", action="store_true",
+                   help="also (or only) sample from the world's own generative process (--data must be a world)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the one the first GPT names; needed for --oracle "
+                                       "alone)")
+    p.add_argument("--data", required=True, help="world folder (halluscope world ...) or image / video folder")
+    p.add_argument("--context", type=parse_floats, default=[0.25, 0.5, 0.75],
+                   help="context fractions, comma-separated (default 0.25,0.5,0.75)")
+    p.add_argument("--samples", type=int, default=8, help="continuations per example and setting (default 8)")
+    p.add_argument("--out", required=True, help="run folder (new, or an earlier one with --resume)")
+    p.add_argument("--limit", type=int, help="use only the first N examples")
+    p.add_argument("--batch", type=int, default=8, help="examples sampled together in one GPT call (default 8; it sets the seeds, so "
+                                         "--resume needs the same)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=parse_floats, default=[1.0], help="comma-separated sweep (default 1.0)")
+    p.add_argument("--top-k", type=parse_ints, default=[0], help="comma-separated sweep; 0 = no top-k (default 0)")
+    p.add_argument("--top-p", type=parse_floats, default=[1.0], help="comma-separated sweep; 1 = no top-p (default 1)")
+    p.add_argument("--pool", type=int, default=16,
+                   help="other examples' real continuations in each retrieval pool (default 16)")
+    p.add_argument("--grids", type=int, default=2, help="examples whose sample grids are written (default 2)")
+    p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
+    p.add_argument("--resume", action="store_true", help="keep the records already in --out and add the missing ones")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=probe_command)
+
+    r = subparsers.add_parser("probe-report", help="one report.html over several probe runs (e.g. images vs clips)")
+    r.add_argument("runs", nargs="+", help="probe run folders")
+    r.add_argument("--out", required=True, help="folder for report.html and plots/")
+    r.set_defaults(func=lambda args: print(write_report(args.runs, args.out)) or 0)
+
+
+# What a resumed run must share with the run it continues, or its records would not be comparable.
+RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer")
+
+
+def check_run_folder(out: Path, info: dict, resume: bool) -> None:
+    previous = out / "run.json"
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty; pass --resume to continue that run, or choose a new folder")
+        return
+    if previous.is_file():
+        before = read_json(previous, "run description")
+        changed = [k for k in RESUME_KEYS if before.get(k) != info[k]]
+        if changed:
+            raise UserError(f"--resume with a different {changed[0]} than the run in {out} "
+                            f"({before.get(changed[0])!r} there, {info[changed[0]]!r} now)")
+
+
+def distributed() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier): under torchrun (WORLD_SIZE > 1) a gloo process group, which
+    only synchronizes (records travel through files), so it works on CPU and GPU alike."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, lambda: None
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return torch.distributed.get_rank(), world, torch.distributed.barrier
+
+
+def probe_command(args: argparse.Namespace) -> int:
+    if not args.gpt and not args.oracle:
+        raise UserError("give at least one --gpt DIR, or --oracle")
+    for flag, value, least in [("--samples", args.samples, 1), ("--batch", args.batch, 1), ("--pool", args.pool, 0),
+                               ("--grids", args.grids, 0)]:
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    settings = [(t, k or None, None if p == 1 else p)
+                for t, k, p in itertools.product(args.temperature, args.top_k, args.top_p)]
+    for t, k, p in settings:
+        check_sampling(t, k, p)
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun rank
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+    gpts = [load_gpt(g, device=args.device) for g in args.gpt]
+    tokenizer_dir = args.tokenizer or (gpts[0].config.tokenizer if gpts else None)
+    if tokenizer_dir is None:
+        raise UserError("name the tokenizer the metrics use: --tokenizer DIR")
+    tokenizer = load_tokenizer(tokenizer_dir).to(args.device)
+    for c in args.context:
+        context_split(tuple(tokenizer.grid), c)
+    names = [Path(g).name for g in args.gpt]
+    labels = names if len(set(names)) == len(names) else [str(g) for g in args.gpt]
+    samplers = []
+    for gpt, label in zip(gpts, labels):
+        check_pair(gpt, tokenizer)
+        samplers += [GPTSampler(gpt, label, t, k, p) for t, k, p in settings]
+    examples, data_world = load_examples(args.data, tokenizer, args.limit)
+    if args.oracle:
+        if data_world is None:
+            raise UserError(f"--oracle needs a world folder (with world.json); {args.data} is not one")
+        samplers.append(OracleSampler(data_world, tokenizer))
+    rank, ranks, barrier = distributed()
+    out = Path(args.out)
+    info = {"data": str(args.data), "tokenizer": str(tokenizer_dir), "gpt": [str(g) for g in args.gpt],
+            "oracle": args.oracle, "contexts": args.context, "samples": args.samples, "seed": args.seed,
+            "batch": args.batch, "pool": args.pool, "samplers": [s.name for s in samplers], "examples": len(examples)}
+    check_run_folder(out, info, args.resume)
+    barrier()  # every rank has seen the folder as it was before rank 0 writes into it
+    if rank == 0:
+        write_json(out / "run.json", info)
+
+    def keep_grid(k: int, context: float, sampler, pixels: torch.Tensor, truth) -> None:
+        if k < args.grids:
+            units, _ = context_split(tuple(truth.tokens.shape), context)
+            write_panels(truth.pixels, truth.reconstruction, pixels, tuple(truth.tokens.shape), units,
+                         out / "grids" / f"{k:03d}_context{context:g}_{slug(sampler.name)}", args.video_format)
+
+    config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool)
+    records = run_probe(examples, tokenizer, samplers, config, out, resume=args.resume, on_samples=keep_grid,
+                        shard=(rank, ranks), barrier=barrier)
+    if ranks > 1:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return 0
+    report = write_report([out], out, info)
+    print(f"{len(records)} records ({len(examples)} examples x {len(args.context)} contexts x {len(samplers)} "
+          f"samplers) -> {out / 'records.jsonl'}, summary.json, summary.csv, {report}")
+    return 0
+
+
+def register_recognition(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("probe-recognition",
+                              help="score real clips and their physics-violating twins: NLL gap and ROC AUC")
+    p.add_argument("--gpt", action="append", required=True, help="GPT folder; repeat to compare models")
+    p.add_argument("--data", help="world folder written with --violations")
+    p.add_argument("--pairs", help='JSONL file of {"real": path, "violation": path} (paths relative to it)')
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the one the first GPT names)")
+    p.add_argument("--context", type=float, default=0.5,
+                   help="fraction shown to the model before scoring; the rest is scored (default 0.5)")
+    p.add_argument("--out", required=True, help="folder for recognition.json / .jsonl and roc.png")
+    p.add_argument("--limit", type=int, help="use only the first N pairs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=recognition_command)
+
+
+def recognition_command(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    gpts = [load_gpt(g, device=args.device) for g in args.gpt]
+    tokenizer_dir = args.tokenizer or gpts[0].config.tokenizer
+    if tokenizer_dir is None:
+        raise UserError(f"the GPT config in {args.gpt[0]} names no tokenizer; pass --tokenizer DIR")
+    tokenizer = load_tokenizer(tokenizer_dir).to(args.device)
+    context_split(tuple(tokenizer.grid), args.context)
+    pairs = load_pairs(args.data, args.pairs, tokenizer, args.limit)
+    out = Path(args.out)
+    summaries, lines = {}, []
+    for gpt, name in zip(gpts, args.gpt):
+        check_pair(gpt, tokenizer)
+        records, summary = recognition(gpt, tokenizer, pairs, args.context)
+        summaries[name] = summary
+        lines += [{"gpt": name, **r} for r in records]
+        gap = summary["gap"]
+        print(f"{name}: AUC {summary['auc']:.3f}, NLL gap {gap['mean']:+.4f} nats/token "
+              f"[{gap['lo']:+.4f}, {gap['hi']:+.4f}] over {summary['pairs']} pairs")
+    plot_roc({name: [r for r in lines if r["gpt"] == name] for name in args.gpt},
+             {name: s["auc"] for name, s in summaries.items()}, out / "roc.png")
+    with atomic_path(out / "recognition.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    write_json(out / "recognition.json", summaries)
     return 0

@@ -77,19 +77,26 @@ def hide_continuation(x: torch.Tensor, grid: tuple[int, ...], units: int) -> tor
     return shown
 
 
+def write_panels(truth: torch.Tensor, reconstruction: torch.Tensor, samples: torch.Tensor, grid: tuple[int, ...],
+                 units: int, stem: Path, video_format: str = "gif") -> Path:
+    """One grid of what was shown (the context), the ground truth, its reconstruction and the
+    samples: `stem`.png for images, `stem`.gif / .mp4 for clips."""
+    panels = torch.cat([torch.stack([hide_continuation(truth, grid, units), truth, reconstruction]),
+                        samples]).clamp(-1, 1).cpu()
+    nrow = min(len(panels), 11)  # context, truth, reconstruction and 8 samples on one line
+    if len(grid) == 2:
+        return write_image_grid(panels, stem.with_name(stem.name + ".png"), nrow=nrow)
+    return write_clip_grid(panels, stem.with_name(f"{stem.name}.{video_format}"), nrow=nrow)
+
+
 def write_continuations(result: Continuations, out: str | os.PathLike, video_format: str = "gif",
                         info: dict | None = None) -> list[Path]:
     """Write the sample grid (PNG for images; GIF or MP4 for clips: context, ground truth,
     reconstruction, then the samples) and samples.json into `out`; return the paths."""
     out = Path(out)
     r = result
-    panels = torch.cat([torch.stack([hide_continuation(r.truth, r.grid, r.context_units), r.truth,
-                                     r.reconstruction]), r.samples]).clamp(-1, 1).cpu()
-    nrow = min(len(panels), 11)  # context, truth, reconstruction and 8 samples on one line
-    if len(r.grid) == 2:
-        grid_path = write_image_grid(panels, out / "samples.png", nrow=nrow)
-    else:
-        grid_path = write_clip_grid(panels, out / f"samples.{video_format}", nrow=nrow)
+    grid_path = write_panels(r.truth, r.reconstruction, r.samples, r.grid, r.context_units, out / "samples",
+                             video_format)
     record = {
         **(info or {}),
         "grid": list(r.grid),

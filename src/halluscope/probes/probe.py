@@ -1,0 +1,240 @@
+"""The continuation probe runner: examples × context fractions × samplers (GPTs and their
+sampling settings, or the oracle) -> one record per (example, context, sampler) in
+records.jsonl, then summary.json / summary.csv with bootstrap 95% intervals over examples.
+
+Examples are sampled in fixed blocks of `batch` (examples 0..B-1, B..2B-1, ...: one GPT call
+continues all of a block's contexts at once). A block's random seed depends only on (run
+seed, block, context), so a resumed run draws what the uninterrupted one would have (a block
+with a missing record is drawn again whole and only the missing records are kept), and every
+sampler sees the same seed."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from halluscope.io import atomic_path, write_json
+from halluscope.probes import metrics
+from halluscope.probes.context import context_split
+from halluscope.probes.samplers import Example, Sampler
+from halluscope.probes.stats import bootstrap_ci
+
+RECORDS, SUMMARY_JSON, SUMMARY_CSV = "records.jsonl", "summary.json", "summary.csv"
+
+
+@dataclass
+class ProbeConfig:
+    contexts: list[float]
+    samples: int = 8
+    seed: int = 0
+    batch: int = 8  # examples sampled (and encoded) together; part of the seed, so fixed for a run
+    pool: int = 16  # other examples' real continuations in each retrieval pool
+
+
+@dataclass
+class Truth:
+    """What the probe needs of one example, computed once for every context and sampler."""
+    tokens: torch.Tensor  # (*grid)
+    pixels: torch.Tensor  # (3, ...) the example
+    reconstruction: torch.Tensor  # (3, ...) the tokenizer's decoding of its own tokens
+    features: torch.Tensor  # (D, L) encoder features per token position
+
+
+def record_key(record: dict) -> tuple[str, float, str]:
+    return record["example"], record["context"], record["sampler"]
+
+
+def block_seed(seed: int, block: int, context: float) -> int:
+    return int(np.random.SeedSequence([seed, block, round(context * 1e6)]).generate_state(1)[0])
+
+
+def cut(x: torch.Tensor, grid: tuple[int, ...], units: int) -> torch.Tensor:
+    """The part of pixels (..., 3, H, W) / (..., 3, T, H, W) the context does not show: the
+    rows (images) or frames (clips) after the first `units` token rows / latent frames."""
+    axis = x.dim() - len(grid)  # height of an image, time of a clip
+    start = units * x.shape[axis] // grid[0]
+    return x.narrow(axis, start, x.shape[axis] - start)
+
+
+@torch.no_grad()
+def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int) -> list[Truth]:
+    device = next(tokenizer.parameters(), torch.empty(0)).device
+    truths = []
+    for i in tqdm(range(0, len(examples), batch), desc="encoding examples", unit="batch", leave=False):
+        x = torch.stack([e.pixels for e in examples[i:i + batch]]).to(device)
+        tokens = tokenizer.encode(x)
+        recon = tokenizer.decode(tokens).clamp(-1, 1)
+        feats = tokenizer.features(x).flatten(2)
+        truths += [Truth(t, p, r, f) for t, p, r, f in zip(tokens, x, recon, feats)]
+    return truths
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every complete record in `path`; a line cut short by an interrupted run is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+@torch.no_grad()
+def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tensor, context: float,
+            tokenizer: torch.nn.Module) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """(metrics, decoded samples (N, 3, ...), entropy map or None) of one example's N
+    continuations `new` (N, L - context_tokens) drawn by `sampler`."""
+    grid = tuple(truth.tokens.shape)
+    units, n_ctx = context_split(grid, context)
+    seq = truth.tokens.flatten()
+    n = len(new)
+    full = torch.cat([seq[None, :n_ctx].expand(n, -1), new], 1)  # (N, L)
+    pixels = tokenizer.decode(full.view(n, *grid)).clamp(-1, 1)  # (N, 3, ...)
+    out = metrics.token_metrics(seq[n_ctx:], new)
+    entropy = None
+    if hasattr(sampler, "score"):
+        scored = sampler.score(torch.cat([seq[None], full]), n_ctx)  # row 0: the truth
+        out.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
+        entropy = metrics.entropy_map(scored["entropy"][0], grid, n_ctx)
+    region = cut(pixels, grid, units)
+    out.update(metrics.distance_metrics(cut(truth.pixels, grid, units), region, "pixel_", pixels=True))
+    out.update(metrics.distance_metrics(cut(truth.reconstruction, grid, units), region, "recon_", pixels=True))
+    out["pixel_diversity"] = metrics.pairwise_mse(region)
+    feats = tokenizer.features(pixels).flatten(2)[:, :, n_ctx:]  # (N, D, L - n_ctx)
+    out.update(metrics.distance_metrics(truth.features[:, n_ctx:], feats, "feature_"))
+    out["feature_diversity"] = metrics.pairwise_mse(feats)
+    out["vendi"] = metrics.vendi_score(feats)
+    pool = torch.stack([cut(o.pixels, grid, units) for o in others]) if others else region[:0]
+    out["retrieval"] = metrics.retrieval_rate(cut(truth.pixels, grid, units), region, pool)
+    return out, pixels, entropy
+
+
+def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: list[Sampler], config: ProbeConfig,
+              out: str | os.PathLike, resume: bool = False, on_samples=None, shard: tuple[int, int] = (0, 1),
+              barrier=None) -> list[dict]:
+    """Probe every (example, context, sampler) not yet in out/records.jsonl (with `resume`;
+    without it an existing file is replaced), appending one record per line as it goes;
+    then write the summaries. `on_samples(example_index, context, sampler, pixels, truth)`
+    sees each decoded set of samples (the report keeps a few for its grids). Returns all records.
+
+    With shard = (rank, world) and world > 1 (torchrun), rank r probes the blocks
+    b ≡ r (mod world) into records.rank{r}.jsonl; after `barrier()` rank 0 merges every
+    shard into records.jsonl and writes the summaries, and the other ranks return []."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = shard
+    path = out / (RECORDS if world == 1 else f"records.rank{rank}.jsonl")
+    done = (read_records(out / RECORDS) + (read_records(path) if world > 1 else [])) if resume else []
+    with atomic_path(path) as tmp:  # drop a half-written last line before appending to the file
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done
+                               if world == 1 or r["index"] // config.batch % world == rank))
+    finished = {record_key(r) for r in done}
+    blocks = [range(b, min(b + config.batch, len(examples))) for b in range(0, len(examples), config.batch)]
+    todo = []  # (block, context, sampler, examples of the block still missing a record)
+    for b, block in enumerate(blocks):
+        if b % world != rank:
+            continue
+        for context, sampler in itertools.product(config.contexts, samplers):
+            missing = [k for k in block if (examples[k].id, context, sampler.name) not in finished]
+            if missing:
+                todo.append((b, context, sampler, missing))
+    truths = prepare(examples, tokenizer, config.batch) if todo else []
+    device = truths[0].tokens.device if truths else torch.device("cpu")
+    records = list(done)
+    with open(path, "a") as f, tqdm(total=sum(len(t[3]) for t in todo), desc="probing", unit="record") as bar:
+        for b, context, sampler, missing in todo:
+            units, n_ctx = context_split(tuple(truths[0].tokens.shape), context)
+            seed = block_seed(config.seed, b, context)
+            generator = torch.Generator(device).manual_seed(seed)
+            tokens = torch.stack([truths[k].tokens for k in blocks[b]])  # (B, *grid)
+            new = sampler.sample([examples[k] for k in blocks[b]], tokens, units, n_ctx, config.samples, generator)
+            for k, drawn in zip(blocks[b], new.to(device)):
+                if k not in missing:
+                    continue
+                others = [truths[(k + d) % len(truths)] for d in range(1, min(config.pool, len(truths) - 1) + 1)]
+                values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer)
+                record = {"example": examples[k].id, "index": k, "kind": tokenizer.kind, "context": context,
+                          "samples": config.samples, "sampler": sampler.name, **sampler.settings, "seed": seed,
+                          "metrics": {m: clean(v) for m, v in values.items()}}
+                if entropy is not None:
+                    record["entropy_map"] = [clean(v) for v in entropy.flatten().tolist()]
+                    record["grid"] = list(entropy.shape)
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                records.append(record)
+                bar.update()
+                if on_samples is not None:
+                    on_samples(k, context, sampler, pixels, truths[k])
+    if world > 1:
+        records = merge_shards(out, rank, world, barrier)
+        if records is None:
+            return []
+    write_summary(records, out)
+    return records
+
+
+def merge_shards(out: Path, rank: int, world: int, barrier) -> list[dict] | None:
+    """After every rank has finished (barrier), rank 0 gathers records.jsonl and each
+    records.rank{r}.jsonl into records.jsonl, one record per key, and removes the shards.
+    Returns the merged records on rank 0, None on the others."""
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        return None
+    shards = [out / f"records.rank{r}.jsonl" for r in range(world)]
+    merged: dict[tuple, dict] = {}
+    for source in [out / RECORDS, *shards]:
+        for r in read_records(source):
+            merged.setdefault(record_key(r), r)
+    records = sorted(merged.values(), key=lambda r: (r["index"], r["context"], r["sampler"]))
+    with atomic_path(out / RECORDS) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return records
+
+
+def clean(v: float) -> float | None:
+    """Six significant digits (small MSEs stay visible); JSON has no NaN, so an undefined value
+    is null (the summaries skip it)."""
+    return float(f"{v:.6g}") if math.isfinite(v) else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (kind, sampler, context): each metric's mean and bootstrap 95% interval
+    over examples."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["kind"], r["sampler"], r["context"]), []).append(r)
+    rows = []
+    for (kind, sampler, context), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        names = sorted({m for r in rs for m in r["metrics"]})
+        rows.append({"kind": kind, "sampler": sampler, "context": context, "examples": len(rs),
+                     "settings": {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p")},
+                     "metrics": {m: bootstrap_ci([r["metrics"].get(m) for r in rs]) for m in names}})
+    return rows
+
+
+def write_summary(records: list[dict], out: Path) -> list[dict]:
+    rows = summarize(records)
+    write_json(out / SUMMARY_JSON, {"groups": rows})
+    with atomic_path(out / SUMMARY_CSV) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "sampler", "context", "examples", "metric", "mean", "ci_lo", "ci_hi", "n"])
+        for row in rows:
+            for m, s in row["metrics"].items():
+                w.writerow([row["kind"], row["sampler"], row["context"], row["examples"], m,
+                            *("" if s[k] is None else f"{s[k]:.6g}" for k in ("mean", "lo", "hi")), s["n"]])
+    return rows

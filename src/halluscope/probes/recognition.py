@@ -1,0 +1,105 @@
+"""The recognition probe: can a model tell a real clip from its twin whose second half breaks
+physics, even if it cannot generate the real one? Each clip's continuation after a shared
+context is scored by teacher forcing; a model that recognizes the break finds the twin's
+continuation less likely.
+
+    nll(x)   = -1/L Σ_{l > context} log p(x_l | x_<l)           (nats per token)
+    gap      = 1/P Σ_pairs nll(violation) - nll(real)             (> 0: violations look less likely)
+    AUC      = P(nll(v) > nll(r)) + ½ P(nll(v) = nll(r)) over all (real, violation) clips
+               (Mann-Whitney; 0.5 = chance, 1 = every violation scores worse than every real clip)
+    paired   = 1/P Σ_pairs [nll(violation) > nll(real)]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from halluscope.data import load_clip, load_image
+from halluscope.errors import UserError
+from halluscope.gpt.model import GPT
+from halluscope.probes.context import context_split
+from halluscope.probes.samplers import check_world_fits, world_from_folder, world_lines
+from halluscope.probes.stats import bootstrap_ci
+
+
+def roc_auc(negatives: list[float], positives: list[float]) -> float:
+    """P(a positive scores above a negative), ties counting one half: the area under the ROC
+    curve of the score as a detector of positives."""
+    neg, pos = np.asarray(negatives, dtype=float), np.asarray(positives, dtype=float)
+    if len(neg) == 0 or len(pos) == 0:
+        raise UserError("the recognition probe needs at least one real clip and one violation")
+    above = (pos[:, None] > neg[None]).mean()
+    ties = (pos[:, None] == neg[None]).mean()
+    return float(above + 0.5 * ties)
+
+
+def roc_curve(negatives: list[float], positives: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every threshold, from (0, 0) to (1, 1)."""
+    thresholds = np.unique(np.concatenate([negatives, positives]))[::-1]
+    fpr = [0.0] + [float((np.asarray(negatives) >= t).mean()) for t in thresholds]
+    tpr = [0.0] + [float((np.asarray(positives) >= t).mean()) for t in thresholds]
+    return np.asarray(fpr), np.asarray(tpr)
+
+
+def load_pairs(data: str | os.PathLike | None, pairs: str | os.PathLike | None, tokenizer: torch.nn.Module,
+               limit: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(id, real, violation) pixel pairs: from a world folder written with --violations, or a
+    JSONL file of {"real": path, "violation": path} (paths relative to the file)."""
+    if (data is None) == (pairs is None):
+        raise UserError("give exactly one of --data WORLD_DIR (written with --violations) or --pairs FILE.jsonl")
+    out = []
+    if data is not None:
+        world = world_from_folder(data)
+        if world is None:
+            raise UserError(f"{data} is not a world folder (no world.json); use --pairs for your own clips")
+        check_world_fits(world, tokenizer, data)
+        lines = world_lines(data)
+        by_file = {m["file"]: m for m in lines}
+        for m in lines:
+            if m.get("twin") in by_file:
+                out.append((by_file[m["twin"]]["file"], world.render(by_file[m["twin"]]), world.render(m)))
+        if not out:
+            raise UserError(f"{data} holds no violation twins; write the world with --violations")
+    else:
+        path = Path(pairs)
+        load = load_image if tokenizer.kind == "image" else lambda p, r: load_clip(p, r, tokenizer.frames)
+        try:
+            specs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            raise UserError(f"pairs file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON lines: {e}") from None
+        for k, spec in enumerate(specs):
+            if not isinstance(spec, dict) or not {"real", "violation"} <= spec.keys():
+                raise UserError(f"{path} line {k + 1}: expected {{\"real\": path, \"violation\": path}}")
+            out.append((spec["real"], load(path.parent / spec["real"], tokenizer.resolution),
+                        load(path.parent / spec["violation"], tokenizer.resolution)))
+    return out[:limit]
+
+
+@torch.no_grad()
+def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
+                context: float) -> tuple[list[dict], dict]:
+    """Per-pair records and the summary (AUC, paired accuracy, NLL gap with a bootstrap 95%
+    interval) for one GPT."""
+    device = next(gpt.parameters()).device
+    records = []
+    for pair_id, real, violation in tqdm(pairs, desc="scoring pairs", unit="pair"):
+        tokens = tokenizer.encode(torch.stack([real, violation]).to(device)).flatten(1)  # (2, L)
+        _, n_ctx = context_split(tuple(tokenizer.grid), context)
+        nll = (-gpt.score(tokens, n_ctx)["logprob"].double().mean(1)).tolist()
+        records.append({"pair": pair_id, "context": context, "nll_real": nll[0], "nll_violation": nll[1],
+                        "gap": nll[1] - nll[0]})
+    real = [r["nll_real"] for r in records]
+    bad = [r["nll_violation"] for r in records]
+    summary = {"pairs": len(records), "context": context, "auc": roc_auc(real, bad),
+               "paired_accuracy": float(np.mean([r["gap"] > 0 for r in records])),
+               "gap": bootstrap_ci([r["gap"] for r in records]),
+               "nll_real": bootstrap_ci(real), "nll_violation": bootstrap_ci(bad)}
+    return records, summary

@@ -1,0 +1,168 @@
+"""Samplers: anything that, given the context of an example, returns N continuations as
+tokens (and, if it can, scores token sequences). A GPT is one; a synthetic world's own
+generative process is another, the oracle, whose answers are known, so the probes can be
+validated against it. Probes never care which.
+
+Also where examples come from: a world folder (examples.jsonl + world.json, each example
+rendered exactly from its recorded state, with its meta for the oracle) or any image / video
+folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from halluscope.data import ImageFolder, ImageWorld, VideoFolder, VideoWorld
+from halluscope.errors import UserError
+from halluscope.gpt.model import GPT
+from halluscope.gpt.sampling import check_sampling
+from halluscope.io import read_json
+
+
+@dataclass
+class Example:
+    id: str  # file (world folders) or source (media folders), stable across runs: the record key
+    pixels: torch.Tensor  # (3, H, W) or (3, T, H, W) in [-1, 1]
+    meta: dict | None = None  # a world example's recorded state, which the oracle continues
+
+
+class Sampler(Protocol):
+    name: str  # unique within a run: part of each record's key
+    settings: dict  # what a record says about how it sampled
+
+    def sample(self, examples: list[Example], tokens: torch.Tensor, context_units: int, context_tokens: int, n: int,
+               generator: torch.Generator) -> torch.Tensor:
+        """N continuations (B, N, L - context_tokens) of each of B examples after the first
+        `context_tokens` of their own tokens `tokens` (B, *grid) (= `context_units` leading
+        rows / latent frames). A sampler that can also score sequences has GPTSampler's `score`."""
+
+
+@dataclass
+class GPTSampler:
+    gpt: GPT
+    label: str
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    settings: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p)
+        self.settings = {"gpt": self.label, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+    @property
+    def name(self) -> str:
+        parts = [self.label, f"T={self.temperature:g}"]
+        parts += [f"top-k={self.top_k}"] if self.top_k else []
+        parts += [f"top-p={self.top_p:g}"] if self.top_p else []
+        return " ".join(parts)
+
+    def sample(self, examples: list[Example], tokens: torch.Tensor, context_units: int, context_tokens: int, n: int,
+               generator: torch.Generator) -> torch.Tensor:
+        seq = tokens.flatten(1)  # (B, L)
+        # One call for the whole batch: B prefixes, each prefilled once and continued N times.
+        new, _ = self.gpt.generate(seq[:, :context_tokens], seq.shape[1] - context_tokens, n, self.temperature,
+                                   self.top_k, self.top_p, generator)
+        return new.view(len(seq), n, -1)
+
+    def score(self, tokens: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
+        """GPT.score of sequences (B, L) from `start` under the plain model (no temperature or
+        filtering), so samples drawn with any setting are measured on one scale."""
+        return self.gpt.score(tokens, start)
+
+
+@dataclass
+class OracleSampler:
+    """Continuations drawn from a world's true generative process, in pixels, then tokenized:
+    the context rows (images) or frames (clips) are kept and the rest is redrawn given the
+    recorded state. The sample's context tokens are replaced by the example's own, so only
+    the continuation is the oracle's."""
+    world: ImageWorld | VideoWorld
+    tokenizer: torch.nn.Module
+    name: str = "oracle"
+    settings: dict = field(default_factory=lambda: {"gpt": "oracle"})
+
+    def sample(self, examples: list[Example], tokens: torch.Tensor, context_units: int, context_tokens: int, n: int,
+               generator: torch.Generator) -> torch.Tensor:
+        return torch.stack([self.continue_one(e, tuple(tokens.shape[1:]), context_units, context_tokens, n, generator)
+                            for e in examples])
+
+    def continue_one(self, example: Example, grid: tuple[int, ...], context_units: int, context_tokens: int, n: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """(N, L - context_tokens) continuation tokens of one example."""
+        if example.meta is None:
+            raise UserError(f"the oracle needs a world example; {example.id} has no recorded state")
+        seed = int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
+        x = example.pixels
+        if isinstance(self.world, ImageWorld):
+            row = context_units * x.shape[1] // grid[0]  # first pixel row the context does not show
+            pixels = self.world.resample_below(example.meta, row, n, seed)  # (n, 3, H, W)
+        else:
+            frame = context_units * x.shape[1] // grid[0]
+            rest = self.world.continue_from(example.meta, frame, n, seed)  # (n, 3, T - frame, H, W)
+            pixels = torch.cat([x[None, :, :frame].expand(n, -1, -1, -1, -1), rest], dim=2)
+        device = next(self.tokenizer.parameters(), torch.empty(0)).device
+        return self.tokenizer.encode(pixels.to(device)).flatten(1)[:, context_tokens:]
+
+
+def world_from_folder(folder: str | os.PathLike) -> ImageWorld | VideoWorld | None:
+    """The world a folder written by `halluscope world` holds, or None for any other folder."""
+    path = Path(folder) / "world.json"
+    if not path.is_file():
+        return None
+    spec = read_json(path, "world description")
+    if spec.get("kind") == "image":
+        return ImageWorld(size=spec["size"], seed=spec["seed"])
+    if spec.get("kind") == "video":
+        return VideoWorld(size=spec["size"], frames=spec["frames"], randomness=spec["randomness"], seed=spec["seed"],
+                          fps=spec["fps"])
+    raise UserError(f"{path} describes an unknown world kind {spec.get('kind')!r}")
+
+
+def world_lines(folder: str | os.PathLike) -> list[dict]:
+    """The lines of a world folder's examples.jsonl."""
+    path = Path(folder) / "examples.jsonl"
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"world folder {folder} has no examples.jsonl") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON lines: {e}") from None
+
+
+def check_world_fits(world: ImageWorld | VideoWorld, tokenizer: torch.nn.Module, folder: str | os.PathLike) -> None:
+    if world.kind != tokenizer.kind:
+        raise UserError(f"{folder} is a {world.kind} world but the tokenizer reads {tokenizer.kind}s")
+    if world.size != tokenizer.resolution:
+        raise UserError(f"{folder} holds {world.size}px examples; the tokenizer reads {tokenizer.resolution}px")
+    if world.kind == "video" and world.frames != tokenizer.frames:
+        raise UserError(f"{folder} holds {world.frames}-frame clips; the tokenizer reads {tokenizer.frames} frames")
+
+
+def load_examples(folder: str | os.PathLike, tokenizer: torch.nn.Module, limit: int | None = None) \
+        -> tuple[list[Example], ImageWorld | VideoWorld | None]:
+    """The first `limit` examples of `folder` at the tokenizer's size, and the world the
+    folder holds (None for a plain media folder). World examples are rendered from their
+    recorded state (exact, no codec) and carry it; physics-violation twins are left out."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    world = world_from_folder(folder)
+    if world is not None:
+        check_world_fits(world, tokenizer, folder)
+        lines = [m for m in world_lines(folder) if not m.get("violation")][:limit]
+        return [Example(id=m["file"], pixels=world.render(m), meta=m) for m in lines], world
+    if tokenizer.kind == "image":
+        ds = ImageFolder(folder, tokenizer.resolution)
+    else:
+        ds = VideoFolder(folder, tokenizer.resolution, tokenizer.frames)
+    examples = []
+    for i, x in ds.iter_valid():
+        examples.append(Example(id=ds.source(i), pixels=x))
+        if limit is not None and len(examples) == limit:
+            break
+    return examples, None

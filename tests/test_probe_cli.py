@@ -1,0 +1,170 @@
+"""`halluscope probe`, `probe-report` and `probe-recognition` end to end with a tiny untrained
+tokenizer and GPT on small worlds: every output file, resume without duplicates, sweeps,
+and one-line errors for bad flags."""
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from probe_helpers import one_thread  # noqa: F401 (autouse fixture)
+
+from halluscope.cli import main
+from halluscope.data import ImageWorld, VideoWorld, write_world
+from halluscope.errors import UserError
+from halluscope.gpt.checkpoint import save_gpt
+from halluscope.gpt.config import preset as gpt_preset
+from halluscope.gpt.model import GPT
+from halluscope.probes.samplers import GPTSampler
+from halluscope.tokenizers import build_tokenizer, save_tokenizer
+from halluscope.tokenizers import preset as tokenizer_preset
+
+
+def make_models(tmp_path: Path, kind: str) -> Path:
+    """A tiny untrained tokenizer for 32² inputs (clips: 8 frames) and a GPT over its grid."""
+    torch.manual_seed(0)
+    overrides = {"resolution": 32} if kind == "image" else {"resolution": 32, "frames": 8}
+    tokenizer = build_tokenizer(tokenizer_preset(kind, "tiny", **overrides))
+    save_tokenizer(tokenizer, tmp_path / f"vq-{kind}")
+    grid = tuple(tokenizer.grid)
+    gpt = GPT(gpt_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=math.prod(grid), grid=grid,
+                         tokenizer=str(tmp_path / f"vq-{kind}")))
+    save_gpt(gpt, tmp_path / f"gpt-{kind}")
+    return tmp_path / f"gpt-{kind}"
+
+
+def probe(tmp_path, gpt, data, out, *extra) -> int:
+    return main(["probe", "--gpt", str(gpt), "--data", str(data), "--context", "0.25,0.5", "--samples", "3",
+                 "--out", str(out), "--limit", "3", "--grids", "1", *extra])
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_probe_writes_every_output_and_resumes(tmp_path, capsys):
+    gpt = make_models(tmp_path, "image")
+    write_world(ImageWorld(size=32), tmp_path / "world", 4)
+    out = tmp_path / "run"
+    assert probe(tmp_path, gpt, tmp_path / "world", out, "--oracle", "--temperature", "1,0.5") == 0
+    assert "18 records" in capsys.readouterr().out  # 3 examples x 2 contexts x (2 GPT settings + oracle)
+    for name in ["records.jsonl", "summary.json", "summary.csv", "run.json", "report.html",
+                 "plots/match_mean.png", "plots/diversity.png", "plots/entropy_maps.png"]:
+        assert (out / name).is_file(), name
+    assert len(list((out / "grids").glob("000_*.png"))) == 6 and not list((out / "grids").glob("001_*"))
+    records = lines(out / "records.jsonl")
+    keys = {(r["example"], r["context"], r["sampler"]) for r in records}
+    assert len(keys) == 18 and {r["sampler"] for r in records} == {"gpt-image T=1", "gpt-image T=0.5", "oracle"}
+    gpt_record = next(r for r in records if r["sampler"] == "gpt-image T=1")
+    for metric in ["match_mean", "diversity", "nll_truth", "typicality_gap", "top1", "pixel_psnr_best",
+                   "recon_ssim_mean", "feature_mse_best", "vendi", "retrieval"]:
+        assert metric in gpt_record["metrics"], metric
+    assert "nll_truth" not in next(r for r in records if r["sampler"] == "oracle")["metrics"]
+    groups = json.loads((out / "summary.json").read_text())["groups"]
+    assert len(groups) == 6 and all(g["examples"] == 3 for g in groups)
+    ci = groups[0]["metrics"]["match_mean"]
+    assert ci["lo"] <= ci["mean"] <= ci["hi"]
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    # An interrupted run: a record lost and the last line cut short; --resume redoes just that one.
+    text = (out / "records.jsonl").read_text().splitlines()
+    (out / "records.jsonl").write_text("\n".join(text[:-2]) + "\n" + text[-2][:20])
+    assert probe(tmp_path, gpt, tmp_path / "world", out, "--oracle", "--temperature", "1,0.5", "--resume") == 0
+    resumed = lines(out / "records.jsonl")
+    assert len(resumed) == 18 and {(r["example"], r["context"], r["sampler"]) for r in resumed} == keys
+    assert resumed[:16] == records[:16] and resumed[-1]["metrics"] == records[-1]["metrics"]  # same seed, same draw
+    # Without --resume an existing run is never overwritten.
+    assert probe(tmp_path, gpt, tmp_path / "world", out) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["probe-report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_probe_on_clips_writes_animated_grids(tmp_path):
+    gpt = make_models(tmp_path, "video")
+    write_world(VideoWorld(size=32, frames=8, randomness=0.2), tmp_path / "world", 2)
+    assert probe(tmp_path, gpt, tmp_path / "world", tmp_path / "run", "--oracle", "--context", "0.5") == 0
+    records = lines(tmp_path / "run" / "records.jsonl")
+    assert len(records) == 4 and all(r["kind"] == "video" for r in records)
+    assert records[0]["grid"] == [2, 8, 8] and len(records[0]["entropy_map"]) == 128
+    assert len(list((tmp_path / "run" / "grids").glob("000_*.gif"))) == 2
+    assert "data:image/gif;base64," in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_probe_recognition_on_violation_twins(tmp_path, capsys):
+    gpt = make_models(tmp_path, "video")
+    write_world(VideoWorld(size=32, frames=8, seed=0), tmp_path / "world", 3, violations=True)
+    out = tmp_path / "rec"
+    assert main(["probe-recognition", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(out)]) == 0
+    assert "AUC" in capsys.readouterr().out
+    summary = json.loads((out / "recognition.json").read_text())[str(gpt)]
+    assert 0 <= summary["auc"] <= 1 and summary["pairs"] == 3
+    records = lines(out / "recognition.jsonl")
+    assert [r["gap"] for r in records] == pytest.approx([r["nll_violation"] - r["nll_real"] for r in records])
+    assert (out / "roc.png").is_file()
+    # The same pairs given as a file of paths.
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"real": f"world/clips/{i:06d}.mp4",
+                                         "violation": f"world/violations/{i:06d}.mp4"}) + "\n" for i in range(3)))
+    assert main(["probe-recognition", "--gpt", str(gpt), "--pairs", str(pairs), "--out", str(tmp_path / "rec2")]) == 0
+    assert 0 <= json.loads((tmp_path / "rec2" / "recognition.json").read_text())[str(gpt)]["auc"] <= 1
+
+
+def test_probe_mistakes_are_one_line_errors(tmp_path, capsys):
+    gpt = make_models(tmp_path, "image")
+    write_world(ImageWorld(size=32), tmp_path / "world", 2)
+    write_world(VideoWorld(size=32, frames=8), tmp_path / "clips", 2)
+    capsys.readouterr()
+    cases = [
+        (["probe", "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a")], "--gpt"),
+        (["probe", "--oracle", "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a")], "--tokenizer"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--context", "1.5"], "strictly between"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--samples", "0"], "--samples"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--temperature", "1,0"], "temperature"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "clips"), "--out", str(tmp_path / "a")], "video world"),
+        (["probe", "--gpt", str(tmp_path / "nope"), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a")],
+         "nope"),
+        (["probe-recognition", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "b")],
+         "violation"),
+        (["probe-recognition", "--gpt", str(gpt), "--out", str(tmp_path / "b")], "exactly one"),
+        (["probe-report", str(tmp_path / "world"), "--out", str(tmp_path / "c")], "not a probe run"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own type errors exit 2 too
+        main(["probe", "--gpt", str(gpt), "--data", "x", "--out", "y", "--context", "half"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed: the headless report check needs /usr/bin/chromium")
+    gpt = make_models(tmp_path, "image")
+    write_world(ImageWorld(size=32), tmp_path / "world", 2)
+    assert probe(tmp_path, gpt, tmp_path / "world", tmp_path / "run") == 0
+    shot = tmp_path / "shot.png"
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                             "--window-size=1400,2000", (tmp_path / "run" / "report.html").as_uri()],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]
+
+
+def test_gpt_sampler_names_its_settings():
+    gpt = GPT(gpt_preset("tiny", vocab_size=16, block_size=8))
+    assert GPTSampler(gpt, "m").name == "m T=1"
+    assert GPTSampler(gpt, "m", 0.7, 50, 0.9).name == "m T=0.7 top-k=50 top-p=0.9"
+    assert GPTSampler(gpt, "m", 0.7, 50, 0.9).settings == {"gpt": "m", "temperature": 0.7, "top_k": 50, "top_p": 0.9}
+    with pytest.raises(UserError, match="top_p"):
+        GPTSampler(gpt, "m", top_p=0.0)

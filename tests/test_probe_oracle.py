@@ -1,0 +1,81 @@
+"""Known answers from the worlds' own generative process (the oracle sampler), measured on a
+fixed deterministic patch tokenizer: clip continuations get more diverse as the world gets
+more random, are reproduced exactly when it has no randomness, and image bottom halves are
+far more diverse than clip continuations."""
+
+import itertools
+
+import pytest
+from probe_helpers import PatchTokenizer, one_thread  # noqa: F401 (autouse fixture)
+
+from halluscope.data import ImageWorld, VideoWorld, write_world
+from halluscope.errors import UserError
+from halluscope.probes.probe import ProbeConfig, run_probe, summarize
+from halluscope.probes.report import line_label, load_runs, write_report
+from halluscope.probes.samplers import OracleSampler, load_examples
+
+EXAMPLES, SAMPLES = 8, 6
+
+
+def oracle_run(tmp_path, world, name: str) -> list[dict]:
+    write_world(world, tmp_path / name, EXAMPLES)
+    tokenizer = PatchTokenizer(world.kind, world.size, getattr(world, "frames", None))
+    examples, loaded = load_examples(tmp_path / name, tokenizer)
+    assert loaded == world
+    return run_probe(examples, tokenizer, [OracleSampler(loaded, tokenizer)], ProbeConfig([0.5], samples=SAMPLES),
+                     tmp_path / f"run-{name}")
+
+
+def mean(records: list[dict], metric: str) -> float:
+    return summarize(records)[0]["metrics"][metric]["mean"]
+
+
+def test_video_oracle_diversity_grows_with_randomness(tmp_path):
+    levels = [0.0, 0.05, 0.2, 0.5]
+    runs = [oracle_run(tmp_path, VideoWorld(size=32, frames=8, randomness=r, seed=0), f"v{r}") for r in levels]
+    for metric in ("diversity", "pixel_diversity"):
+        values = [mean(records, metric) for records in runs]
+        assert all(a < b for a, b in itertools.pairwise(values)), (metric, values)
+    # No randomness: every sample is the ground truth, token for token.
+    assert all(r["metrics"]["exact_rate"] == 1 and r["metrics"]["match_best"] == 1 for r in runs[0])
+    assert all(r["metrics"]["recon_psnr_best"] == 100 for r in runs[0])  # MSE 0 is capped, not inf
+
+
+def test_image_oracle_is_more_diverse_than_video_at_no_randomness(tmp_path):
+    image = mean(oracle_run(tmp_path, ImageWorld(size=32, seed=0), "img"), "diversity")
+    video = mean(oracle_run(tmp_path, VideoWorld(size=32, frames=8, randomness=0.0, seed=0), "vid"), "diversity")
+    assert video == 0 and image > 0.1
+
+
+def test_world_must_fit_the_tokenizer(tmp_path):
+    write_world(ImageWorld(size=32), tmp_path / "w", 2)
+    with pytest.raises(UserError, match="32px"):
+        load_examples(tmp_path / "w", PatchTokenizer("image", 64))
+    with pytest.raises(UserError, match="image world"):
+        load_examples(tmp_path / "w", PatchTokenizer("video", 32, 8))
+
+
+def test_shards_merge_into_the_unsharded_records(tmp_path):
+    world = VideoWorld(size=32, frames=8, randomness=0.3, seed=1)
+    write_world(world, tmp_path / "w", 5)
+    tokenizer = PatchTokenizer("video", 32, 8)
+    examples, loaded = load_examples(tmp_path / "w", tokenizer)
+    sampler, config = OracleSampler(loaded, tokenizer), ProbeConfig([0.25, 0.5], samples=3, batch=2)
+    whole = run_probe(examples, tokenizer, [sampler], config, tmp_path / "whole")
+    assert run_probe(examples, tokenizer, [sampler], config, tmp_path / "sharded", shard=(1, 2)) == []
+    merged = run_probe(examples, tokenizer, [sampler], config, tmp_path / "sharded", shard=(0, 2))
+    def order(records):
+        return sorted(records, key=lambda r: (r["index"], r["context"]))
+    assert len(merged) == 10 and order(merged) == order(whole)  # seeds follow the block, not the rank
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["records.jsonl", "summary.csv", "summary.json"]
+
+
+def test_report_compares_image_and_clip_runs(tmp_path):
+    oracle_run(tmp_path, ImageWorld(size=32, seed=0), "img")
+    oracle_run(tmp_path, VideoWorld(size=32, frames=8, seed=0), "vid")
+    rows = load_runs([tmp_path / "run-img", tmp_path / "run-vid"])
+    assert sorted(line_label(r, 2) for r in rows) == ["image: oracle", "video: oracle"]
+    html = write_report([tmp_path / "run-img", tmp_path / "run-vid"], tmp_path / "both").read_text()
+    assert (tmp_path / "both" / "plots" / "diversity.png").is_file()
+    assert html.count("<tr>") == 3 and "entropy_maps" not in html  # header + 2 rows; the oracle has no entropies
+
