@@ -15,6 +15,8 @@ from halluscope.data.token_cache import write_token_cache
 from halluscope.errors import UserError
 from halluscope.gpt import train as train_module
 from halluscope.gpt.checkpoint import load_gpt
+from halluscope.gpt.config import preset
+from halluscope.gpt.model import GPT
 from halluscope.gpt.train import TrainConfig, checkpoint_dirs, train
 
 GRID = (4, 4)
@@ -211,3 +213,17 @@ def test_train_gpt_runs_unchanged_under_torchrun(cache, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert load_gpt(out / "model").config.block_size == 16
+
+
+def test_schedule_and_weight_decay_groups():
+    cfg = TrainConfig(tokens="", out="", steps=110, warmup=10, lr=1.0, min_lr=0.1)
+    assert train_module.learning_rate(0, cfg) == pytest.approx(0.1)  # warmup starts at lr / warmup
+    assert train_module.learning_rate(9, cfg) == pytest.approx(1.0)
+    assert train_module.learning_rate(60, cfg) == pytest.approx(0.55)  # half way down the cosine
+    assert train_module.learning_rate(110, cfg) == pytest.approx(0.1)
+    model = GPT(preset("tiny", vocab_size=VOCAB, block_size=16))
+    decay, free = train_module.make_optimizer(model, cfg, fused=False).param_groups
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == cfg.weight_decay
+    assert free["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(free["params"]) == len(list(model.parameters()))

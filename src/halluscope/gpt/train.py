@@ -138,7 +138,7 @@ class TokenBatches:
 def make_optimizer(model: GPT, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW that decays only matrices of Linear layers; norms, embeddings and biases are free."""
     decay, no_decay = [], []
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             (decay if isinstance(module, torch.nn.Linear) and name == "weight" else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
