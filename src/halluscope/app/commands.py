@@ -1,0 +1,47 @@
+"""`halluscope app`: serve the Gradio page for the models under a folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from halluscope.errors import UserError
+
+DEFAULT_MODELS = "runs/demo"  # where `halluscope demo` writes its models
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "halluscope" / "app"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("app", help="the interactive page: continuations of an upload, with metrics")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help=f"folder searched for GPT model folders; nothing outside it is offered (default {DEFAULT_MODELS})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--concurrency", type=int, default=2, help="requests run at once; others queue (default 2)")
+    p.add_argument("--cache", default=None, help=f"folder for examples and request files (default {default_cache()})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=app_command)
+
+
+def app_command(args: argparse.Namespace) -> int:
+    # Imported here: gradio takes seconds to import, and every other command would pay for it.
+    from halluscope.app.models import ModelStore, default_device
+    from halluscope.app.ui import launch
+
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if args.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {args.concurrency}")
+    store = ModelStore(args.models, args.device or default_device())
+    print(f"models under {store.root}: {', '.join(store.names)}")
+    try:
+        launch(store, args.cache or default_cache(), host=args.host, port=args.port, share=args.share,
+               concurrency=args.concurrency)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e}") from None
+    return 0
