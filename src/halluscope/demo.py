@@ -54,6 +54,7 @@ def demo_command(args: argparse.Namespace) -> int:
         shutil.rmtree(out, ignore_errors=True)
     summary = run_demo(out, QUICK if args.quick else FULL)
     print("\n".join(f"{k:>28}: {v}" for k, v in summary.items()))
+    print(f"\nTry the models interactively: halluscope app --models {out}")
     return 0
 
 
