@@ -14,6 +14,7 @@ from halluscope.io import (
     find_state_dict,
     load_model_folder,
     load_untrusted_checkpoint,
+    read_jsonl,
     save_model_folder,
     write_json,
 )
@@ -107,3 +108,10 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_read_jsonl_drops_a_line_cut_short_by_a_kill(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    assert read_jsonl(log) == []
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]

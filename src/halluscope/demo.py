@@ -9,7 +9,6 @@ half of held-out images. Every stage resumes, so a second run reuses what the fi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from halluscope.data import ImageWorld, load_image, write_world
 from halluscope.data.token_cache import TokenCache
 from halluscope.gpt import train as gpt_train
 from halluscope.gpt.checkpoint import load_gpt
+from halluscope.io import read_jsonl
 from halluscope.probes.sample import continue_example, write_continuations
 from halluscope.tokenizers import cache as token_cache
 from halluscope.tokenizers import train as tokenizer_train
@@ -68,7 +68,7 @@ def ensure_world(folder: Path, n: int, seed: int) -> Path:
 
 def last_logged(run: Path, key: str) -> float:
     """The last value of `key` in a run's metrics.jsonl (also after a resumed, finished run)."""
-    values = [json.loads(line).get(key) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [r.get(key) for r in read_jsonl(run / "metrics.jsonl")]
     return next((v for v in reversed(values) if v is not None), math.nan)
 
 

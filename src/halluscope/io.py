@@ -58,6 +58,21 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a log we append to (metrics, probe records): one JSON object per line.
+    A line cut short by a killed writer is dropped; a missing file has no records."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def save_model_folder(folder: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write `config.json` and `model.safetensors` into `folder`, each atomically; the
     weights go first so a folder with a config always has matching weights."""

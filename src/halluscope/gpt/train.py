@@ -35,7 +35,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt, save_gpt
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
-from halluscope.io import atomic_path
+from halluscope.io import atomic_path, read_jsonl
 
 # Peak dense bf16 FLOP/s of common training GPUs, for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -252,17 +252,10 @@ class MetricsLog:
 def drop_metrics_after(path: Path, step: int) -> None:
     """Forget log lines past the checkpoint a run resumes from, so no step is logged twice
     (and a line cut short by a kill)."""
-
-    def logged_step(line: str) -> float:
-        try:
-            return json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            return math.inf
-
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if logged_step(line) <= step]
+        kept = [r for r in read_jsonl(path) if r.get("step", math.inf) <= step]
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from halluscope.io import atomic_path, write_json
+from halluscope.io import atomic_path, read_jsonl, write_json
 from halluscope.probes import metrics
 from halluscope.probes.context import context_split
 from halluscope.probes.samplers import Example, Sampler
@@ -78,19 +78,6 @@ def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int) -> 
     return truths
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every complete record in `path`; a line cut short by an interrupted run is dropped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 @torch.no_grad()
 def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tensor, context: float,
             tokenizer: torch.nn.Module) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
@@ -136,7 +123,7 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
     out.mkdir(parents=True, exist_ok=True)
     rank, world = shard
     path = out / (RECORDS if world == 1 else f"records.rank{rank}.jsonl")
-    done = (read_records(out / RECORDS) + (read_records(path) if world > 1 else [])) if resume else []
+    done = (read_jsonl(out / RECORDS) + (read_jsonl(path) if world > 1 else [])) if resume else []
     with atomic_path(path) as tmp:  # drop a half-written last line before appending to the file
         tmp.write_text("".join(json.dumps(r) + "\n" for r in done
                                if world == 1 or r["index"] // config.batch % world == rank))
@@ -196,7 +183,7 @@ def merge_shards(out: Path, rank: int, world: int, barrier) -> list[dict] | None
     shards = [out / f"records.rank{r}.jsonl" for r in range(world)]
     merged: dict[tuple, dict] = {}
     for source in [out / RECORDS, *shards]:
-        for r in read_records(source):
+        for r in read_jsonl(source):
             merged.setdefault(record_key(r), r)
     records = sorted(merged.values(), key=lambda r: (r["index"], r["context"], r["sampler"]))
     with atomic_path(out / RECORDS) as tmp:

@@ -17,8 +17,8 @@ import matplotlib
 import numpy as np
 
 from halluscope.errors import UserError
-from halluscope.io import atomic_path, read_json
-from halluscope.probes.probe import RECORDS, SUMMARY_JSON, read_records
+from halluscope.io import atomic_path, read_json, read_jsonl
+from halluscope.probes.probe import RECORDS, SUMMARY_JSON
 from halluscope.probes.recognition import roc_curve
 
 matplotlib.use("Agg")  # files only; never a window
@@ -171,7 +171,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     run and a clip run, to compare the domains on one set of curves)."""
     runs, out = [Path(r) for r in runs], Path(out)
     rows = load_runs(runs)
-    records = [r for run in runs for r in read_records(run / RECORDS)]
+    records = [r for run in runs for r in read_jsonl(run / RECORDS)]
     plots = [plot_curve(rows, metric, label, out / "plots" / f"{metric}.png") for metric, label in CURVES]
     plots.append(plot_entropy_maps(records, out / "plots" / "entropy_maps.png"))
     plots = [p for p in plots if p is not None]
