@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,6 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)  # model config overrides (tests)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -264,7 +263,7 @@ def drop_metrics_after(path: Path, step: int) -> None:
 def build_model(cfg: TrainConfig, cache: TokenCache) -> GPT:
     """The preset, sized to the cache: its vocabulary, sequence length and grid."""
     model_cfg = preset(cfg.preset, vocab_size=cache.vocab_size, block_size=cache.seq_len,
-                       grid=tuple(cache.grid), dropout=cfg.dropout, tokenizer=cache.tokenizer, **cfg.extra)
+                       grid=tuple(cache.grid), dropout=cfg.dropout, tokenizer=cache.tokenizer)
     return GPT(model_cfg)
 
 
