@@ -115,3 +115,28 @@ def test_read_jsonl_drops_a_line_cut_short_by_a_kill(tmp_path):
     assert read_jsonl(log) == []
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_old_format_and_omegaconf_hyper_parameters_load_inert(tmp_path, zip_format):
+    omegaconf = pytest.importorskip("omegaconf")
+    path = tmp_path / "last.ckpt"
+    hparams = {"cfg": omegaconf.OmegaConf.create({"lr": 1e-4}), "args": argparse.Namespace(lr=1)}
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hparams}, path,
+               _use_new_zipfile_serialization=zip_format)
+    ckpt = load_untrusted_checkpoint(path)
+    assert torch.equal(find_state_dict(ckpt)["w"], torch.ones(2))
+    assert "DictConfig" in repr(ckpt["hyper_parameters"]["cfg"])
+
+
+def test_old_format_pickle_calling_a_builtin_is_refused_by_name(tmp_path):
+    marker = tmp_path / "pwned.txt"
+
+    class CallsPrint:  # a builtin outside the inert list: refused before it is called
+        def __reduce__(self):
+            return (print, (str(marker),))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"x": CallsPrint()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="it names `builtins.print`"):
+        load_untrusted_checkpoint(path)

@@ -5,7 +5,7 @@ is arbitrary (often black, sometimes leftovers of an edit) and white is what a v
 shows. 16-bit grayscale is scaled to 8 bits (v * 255 / 65535, rounded), not clipped, which
 would turn almost every pixel white. EXIF orientation is applied, so phone pictures come
 out upright. A file's content decides how it is decoded, not its suffix: a JPEG named .png
-is read; a text file named .png is skipped.
+is read; a text file named .png is skipped. An animated GIF gives its first frame.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from halluscope.data.folder import BadFile, MediaFolder, read_single
 from halluscope.data.pixels import square
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 WHITE = (255, 255, 255, 255)
 
 
@@ -78,7 +78,7 @@ def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
 
 
 class ImageFolder(MediaFolder):
-    """Every .jpg/.jpeg/.png/.webp/.bmp file under `root` (recursively, any case), each
+    """Every .jpg/.jpeg/.png/.webp/.bmp/.gif file under `root` (recursively, any case), each
     center-cropped and resized to (3, R, R) in [-1, 1]. Unusable files are skipped as
     `halluscope.data.folder` describes."""
 

@@ -64,6 +64,8 @@ class TokenCache:
         if not (self.path / MANIFEST).is_file():
             raise UserError(f"token cache not found: {self.path} has no {MANIFEST}")
         self.manifest = read_json(self.path / MANIFEST, what="token cache manifest")
+        if not isinstance(self.manifest, dict):
+            raise UserError(f"token cache manifest {self.path / MANIFEST} is not a JSON object")
         try:
             if not self.manifest["complete"]:
                 raise UserError(f"token cache {self.path} is unfinished; "
@@ -73,10 +75,15 @@ class TokenCache:
             self.tokenizer = self.manifest.get("tokenizer")
             shards = [s for s in self.manifest["shards"] if s["count"] > 0]
             self.sources = [src for s in shards for src in s["sources"]]
+            files = [self.path / s["file"] for s in shards]
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"token cache manifest {self.path / MANIFEST} is malformed: missing or bad {e}") from None
+            detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise UserError(f"token cache manifest {self.path / MANIFEST} is malformed: {detail}") from None
+        outside = [f for f in files if not f.resolve().is_relative_to(self.path.resolve())]
+        if outside:  # a manifest names only its own shards
+            raise UserError(f"token cache manifest {self.path / MANIFEST} names a shard outside the cache: {outside[0]}")
         try:
-            self.shards = [np.load(self.path / s["file"], mmap_mode="r") for s in shards]
+            self.shards = [np.load(f, mmap_mode="r") for f in files]
         except (OSError, ValueError) as e:
             raise UserError(f"token cache {self.path} is damaged: {e}") from None
         for s, array in zip(shards, self.shards):

@@ -41,7 +41,11 @@ def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> G
         raise UserError(f"{folder} holds a {kind or 'unknown'} model, not a GPT (config.json kind={kind!r})")
     if config.get("tokenizer") is not None:
         config["tokenizer"] = os.path.normpath(os.path.join(folder.absolute(), config["tokenizer"]))
-    return gpt_from_state_dict(GPTConfig.from_dict(config), state_dict, str(folder)).to(device)
+    try:
+        config = GPTConfig.from_dict(config)
+    except (TypeError, ValueError) as e:  # a value of the wrong type
+        raise UserError(f"GPT config {folder / 'config.json'} is malformed: {e}") from None
+    return gpt_from_state_dict(config, state_dict, str(folder)).to(device)
 
 
 def gpt_from_state_dict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> GPT:

@@ -9,6 +9,7 @@ unfiltered model likelihood of a sequence is what `score` gives.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Settings a user typed are checked once, with a message that names the flag."""
-    if not temperature > 0:
-        raise UserError(f"temperature must be > 0 (got {temperature}); use top_k=1 for greedy decoding")
+    if not 0 < temperature < math.inf:
+        raise UserError(f"temperature must be a positive finite number (got {temperature}); "
+                        "use top_k=1 for greedy decoding")
     if top_k is not None and top_k < 1:
         raise UserError(f"top_k must be at least 1 (got {top_k})")
     if top_p is not None and not 0 < top_p <= 1:

@@ -35,7 +35,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt, save_gpt
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
-from halluscope.io import atomic_path, read_jsonl
+from halluscope.io import atomic_path, drop_records_after, write_json
 
 # Peak dense bf16 FLOP/s of common training GPUs, for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     dropout: float = 0.0
+    factorized_pos: bool = False  # one position table per grid axis (see GPTConfig)
     compile: bool = False
     grad_checkpoint: bool = False
     dtype: str = "auto"  # auto | fp32 | bf16
@@ -113,6 +114,9 @@ class TokenBatches:
         n_val = max(1, round(len(flat) * val_fraction)) if len(flat) > 1 else 0
         if len(flat) - n_val < 1:
             raise UserError(f"token cache {cache.path} has {len(flat)} examples: too few to train on")
+        if len(flat) and int(flat.max()) >= cache.vocab_size:  # a damaged shard, or one from another tokenizer
+            raise UserError(f"token cache {cache.path} holds token {int(flat.max())}, outside its vocabulary of "
+                            f"{cache.vocab_size}")
         # The held-out split is the last examples, so it never depends on the seed.
         self.train, self.val = flat[: len(flat) - n_val], flat[len(flat) - n_val:]
         self.seed = seed
@@ -248,22 +252,14 @@ class MetricsLog:
             self.tensorboard.close()
 
 
-def drop_metrics_after(path: Path, step: int) -> None:
-    """Forget log lines past the checkpoint a run resumes from, so no step is logged twice
-    (and a line cut short by a kill)."""
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if r.get("step", math.inf) <= step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
 def build_model(cfg: TrainConfig, cache: TokenCache) -> GPT:
     """The preset, sized to the cache: its vocabulary, sequence length and grid."""
     model_cfg = preset(cfg.preset, vocab_size=cache.vocab_size, block_size=cache.seq_len,
-                       grid=tuple(cache.grid), dropout=cfg.dropout, tokenizer=cache.tokenizer)
+                       grid=tuple(cache.grid), dropout=cfg.dropout, factorized_pos=cfg.factorized_pos,
+                       tokenizer=cache.tokenizer)
     return GPT(model_cfg)
 
 
@@ -326,8 +322,8 @@ def _train(cfg: TrainConfig, env: Dist) -> TrainResult:
     val = data.val_batches(cfg.batch, cfg.eval_batches)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        drop_metrics_after(out / "metrics.jsonl", step)
+        write_json(out / "train_config.json", asdict(cfg))
+        drop_records_after(out / "metrics.jsonl", step)
         for stale in (out / "checkpoints").glob("*.tmp"):  # cut off mid-write by an earlier kill
             shutil.rmtree(stale)
     log = MetricsLog(out) if env.main else None

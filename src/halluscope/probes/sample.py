@@ -34,8 +34,9 @@ class Continuations:
 def check_pair(gpt: GPT, tokenizer: torch.nn.Module) -> None:
     """A GPT and a tokenizer that can work together, or one UserError saying why not."""
     c = gpt.config
-    if tokenizer.vocab_size > c.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.vocab_size} codes but the GPT reads only {c.vocab_size}")
+    # A larger GPT vocabulary would sample tokens the tokenizer cannot decode.
+    if tokenizer.vocab_size != c.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} codes but the GPT's vocabulary has {c.vocab_size}")
     if c.grid is not None and tuple(c.grid) != tuple(tokenizer.grid):
         raise UserError(f"the GPT was trained on a {c.grid} token grid, the tokenizer makes {tokenizer.grid}")
     if torch.Size(tokenizer.grid).numel() - 1 > c.block_size:

@@ -44,7 +44,10 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
 def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
     """The tokenizer saved in `folder`, in eval mode on the CPU."""
     config, state_dict = load_model_folder(folder)
-    model = build_tokenizer(config_from_dict(config))
+    try:
+        model = build_tokenizer(config_from_dict(config))
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong type or range
+        raise UserError(f"tokenizer config {Path(folder) / 'config.json'} is malformed: {e}") from None
     check_state_dict(model, state_dict, str(folder))
     model.load_state_dict(state_dict)
     return model.eval()

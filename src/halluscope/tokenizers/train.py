@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from halluscope.data import write_clip_grid, write_image_grid
 from halluscope.errors import UserError
-from halluscope.io import atomic_path
+from halluscope.io import atomic_path, drop_records_after, write_json
 from halluscope.tokenizers.codebook import CodebookTracker
 from halluscope.tokenizers.config import config_from_dict, config_to_dict, preset
 from halluscope.tokenizers.datasets import open_dataset
@@ -191,7 +191,8 @@ class Trainer:
         if self.step >= cfg.steps:
             return {"step": self.step, "resumed_finished": True}
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        write_json(self.out / "train_config.json", asdict(cfg))
+        drop_records_after(self.out / "metrics.jsonl", self.step)  # lines a killed run wrote past its checkpoint
         if not cfg.perceptual:
             print("train-tokenizer: perceptual loss off (pass --perceptual with local VGG16/LPIPS weights to use it)")
         last = {}
