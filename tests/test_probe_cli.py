@@ -168,3 +168,21 @@ def test_gpt_sampler_names_its_settings():
     assert GPTSampler(gpt, "m", 0.7, 50, 0.9).settings == {"gpt": "m", "temperature": 0.7, "top_k": 50, "top_p": 0.9}
     with pytest.raises(UserError, match="top_p"):
         GPTSampler(gpt, "m", top_p=0.0)
+
+
+@pytest.mark.slow
+def test_probe_redundancy_puts_images_and_clips_on_one_figure(tmp_path, capsys):
+    image, clip = make_models(tmp_path, "image"), make_models(tmp_path, "video")
+    write_world(ImageWorld(size=32), tmp_path / "images", 2)
+    write_world(VideoWorld(size=32, frames=8, randomness=0.2), tmp_path / "clips", 2)
+    out = tmp_path / "red"
+    assert main(["probe-redundancy", "--gpt", str(image), "--data", str(tmp_path / "images"), "--gpt", str(clip),
+                 "--data", str(tmp_path / "clips"), "--context", "0.25,0.5", "--out", str(out)]) == 0
+    curves = json.loads((out / "redundancy.json").read_text())
+    assert sorted(curves) == ["image: gpt-image", "video: gpt-video"] and (out / "redundancy.png").is_file()
+    assert [r["context"] for r in curves["video: gpt-video"]] == [0.0, 0.25, 0.5]
+    assert "information_bits_per_second" in curves["video: gpt-video"][1]  # the world knows its fps
+    assert "information_bits_per_second" not in curves["image: gpt-image"][1]
+    assert "R(k)" in capsys.readouterr().out
+    assert main(["probe-redundancy", "--gpt", str(image), "--data", "a", "--data", "b", "--out", str(out)]) == 2
+    assert "one --data per --gpt" in capsys.readouterr().err

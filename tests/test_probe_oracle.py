@@ -77,5 +77,6 @@ def test_report_compares_image_and_clip_runs(tmp_path):
     assert sorted(line_label(r, 2) for r in rows) == ["image: oracle", "video: oracle"]
     html = write_report([tmp_path / "run-img", tmp_path / "run-vid"], tmp_path / "both").read_text()
     assert (tmp_path / "both" / "plots" / "diversity.png").is_file()
-    assert html.count("<tr>") == 3 and "entropy_maps" not in html  # header + 2 rows; the oracle has no entropies
+    # headline and full table: header + 2 rows each; the oracle has no entropies
+    assert html.count("<tr>") == 6 and "entropy_maps" not in html and "rank_histograms" in html
 

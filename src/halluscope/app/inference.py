@@ -25,7 +25,7 @@ from halluscope.data.media import write_gif
 from halluscope.data.videos import VIDEO_SUFFIXES
 from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_sampling
-from halluscope.probes import metrics
+from halluscope.probes import calibration, metrics
 from halluscope.probes.probe import cut
 from halluscope.probes.sample import Continuations, continue_example, hide_continuation
 
@@ -161,6 +161,10 @@ def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
     m = metrics.token_metrics(truth[n_ctx:], tokens[:, n_ctx:])
     scored = model.gpt.score(torch.cat([truth[None], tokens]), n_ctx)  # row 0: the truth
     m.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
+    rng = np.random.default_rng(0)  # rank ties
+    m.update(calibration.likelihood_calibration(scored["logprob"][0], scored["logprob"][1:], rng))
+    m.update(calibration.ensemble_metrics(truth[n_ctx:], tokens[:, n_ctx:], calibration.HAMMING, "tokens", rng))
+    ratio = m["skill_tokens"] / m["spread_tokens"] if m["spread_tokens"] > 0 else float("nan")
     hidden = cut(r.truth, r.grid, r.context_units)
     m.update(metrics.distance_metrics(hidden, cut(r.samples.clamp(-1, 1), r.grid, r.context_units), "", pixels=True))
     table = [("match rate", m["match_mean"], "share of continuation tokens equal to the ground truth's"),
@@ -169,6 +173,10 @@ def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
              ("diversity", m["diversity"], "share of tokens that differ between two samples"),
              ("NLL ground truth", m["nll_truth"], "nats per token of the real continuation"),
              ("NLL samples", m["nll_samples"], "nats per token of the model's own samples"),
+             ("spread-skill R (tokens)", ratio, "distance to the truth / distance between samples: "
+              "1 honest, > 1 confidently wrong, < 1 over-dispersed (one example: noisy)"),
+             ("typicality z", m["typicality_z"], "NLL of the truth vs the samples', in their standard deviations"),
+             ("truth's NLL rank", m["rank_nll"], f"samples more likely than the truth, of {len(tokens)}"),
              ("PSNR best (dB)", m["psnr_best"], "closest sample to the ground truth, hidden part"),
              ("PSNR mean (dB)", m["psnr_mean"], "mean over samples, hidden part")]
     entropy = metrics.entropy_map(scored["entropy"][0], r.grid, n_ctx)

@@ -22,7 +22,8 @@ from halluscope.io import atomic_path, read_json, write_json
 from halluscope.probes.context import context_split
 from halluscope.probes.probe import ProbeConfig, run_probe
 from halluscope.probes.recognition import load_pairs, recognition
-from halluscope.probes.report import plot_roc, slug, write_report
+from halluscope.probes.redundancy import redundancy_curve
+from halluscope.probes.report import plot_roc, slug, write_redundancy, write_report
 from halluscope.probes.sample import check_pair, continue_example, write_continuations, write_panels
 from halluscope.probes.samplers import GPTSampler, OracleSampler, load_examples
 from halluscope.tokenizers import load_tokenizer
@@ -45,6 +46,7 @@ def parse_floats(text: str) -> list[float]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_probe(subparsers)
     register_recognition(subparsers)
+    register_redundancy(subparsers)
     p = subparsers.add_parser("sample", help="continue the first part of an image or clip with a GPT, N times")
     p.add_argument("--gpt", required=True, help="GPT folder (its config names its tokenizer)")
     p.add_argument("--input", required=True, help="an image file, or a video file for a clip tokenizer")
@@ -252,4 +254,42 @@ def recognition_command(args: argparse.Namespace) -> int:
     with atomic_path(out / "recognition.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
     write_json(out / "recognition.json", summaries)
+    return 0
+
+
+def register_redundancy(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("probe-redundancy",
+                              help="teacher-forced redundancy curve I(C_k; Y), R(k) of one or more GPTs (e.g. an "
+                                   "image GPT and a clip GPT), on one figure")
+    p.add_argument("--gpt", action="append", required=True, help="GPT folder (its config names its tokenizer); repeat")
+    p.add_argument("--data", action="append", required=True,
+                   help="world or media folder for the GPT given at the same place; repeat as often as --gpt")
+    p.add_argument("--context", type=parse_floats, default=[0.25, 0.5, 0.75],
+                   help="context fractions; Y is what follows the largest (default 0.25,0.5,0.75)")
+    p.add_argument("--limit", type=int, help="use only the first N examples of each folder")
+    p.add_argument("--fps", type=float, help="frame rate of media clips, for bits per second (worlds know theirs)")
+    p.add_argument("--out", required=True, help="folder for redundancy.json and redundancy.png")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=redundancy_command)
+
+
+def redundancy_command(args: argparse.Namespace) -> int:
+    if len(args.gpt) != len(args.data):
+        raise UserError(f"give one --data per --gpt ({len(args.gpt)} --gpt, {len(args.data)} --data)")
+    curves = {}
+    for gpt_dir, data in zip(args.gpt, args.data):
+        gpt = load_gpt(gpt_dir, device=args.device)
+        if gpt.config.tokenizer is None:
+            raise UserError(f"the GPT config in {gpt_dir} names no tokenizer")
+        tokenizer = load_tokenizer(gpt.config.tokenizer).to(args.device)
+        check_pair(gpt, tokenizer)
+        examples, _ = load_examples(data, tokenizer, args.limit)
+        fps = (examples[0].meta or {}).get("fps", args.fps)
+        label = f"{tokenizer.kind}: {Path(gpt_dir).name}"
+        curves[label] = curve = redundancy_curve(gpt, tokenizer, examples, args.context, fps)
+        for row in curve:
+            print(f"{label} context {row['context']:g}: R(k) {row['redundancy']['mean']:.3f}, "
+                  f"I {row['information_bits_per_token']['mean']:.3f} bits/token, "
+                  f"{row['information_bits_per_pixel']['mean']:.4f} bits/pixel")
+    print(" ".join(str(p) for p in write_redundancy(curves, args.out)))
     return 0

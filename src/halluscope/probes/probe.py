@@ -23,12 +23,15 @@ import torch
 from tqdm import tqdm
 
 from halluscope.io import atomic_path, read_jsonl, write_json
-from halluscope.probes import metrics
+from halluscope.probes import calibration, metrics
 from halluscope.probes.context import context_split
-from halluscope.probes.samplers import Example, Sampler
-from halluscope.probes.stats import bootstrap_ci
+from halluscope.probes.redundancy import redundancy_curve
+from halluscope.probes.samplers import Example, GPTSampler, Sampler
+from halluscope.probes.stats import bootstrap_ci, rank_histogram, ratio_ci
 
 RECORDS, SUMMARY_JSON, SUMMARY_CSV = "records.jsonl", "summary.json", "summary.csv"
+DISTANCES = ("tokens", "pixels", "features")  # the spaces spread-skill is measured in
+RANKS = ("tokens", "pixels", "features", "nll")  # the pre-ranks of the rank histograms
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ProbeConfig:
     seed: int = 0
     batch: int = 8  # examples sampled (and encoded) together; part of the seed, so fixed for a run
     pool: int = 16  # other examples' real continuations in each retrieval pool
+    redundancy: bool = True  # also each GPT's teacher-forced redundancy curve (probes/redundancy.py)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Truth:
     pixels: torch.Tensor  # (3, ...) the example
     reconstruction: torch.Tensor  # (3, ...) the tokenizer's decoding of its own tokens
     features: torch.Tensor  # (D, L) encoder features per token position
+    recon_features: torch.Tensor  # (D, L) the same of the reconstruction: what decoded samples are compared with
 
 
 def record_key(record: dict) -> tuple[str, float, str]:
@@ -74,15 +79,18 @@ def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int) -> 
         tokens = tokenizer.encode(x)
         recon = tokenizer.decode(tokens).clamp(-1, 1)
         feats = tokenizer.features(x).flatten(2)
-        truths += [Truth(t, p, r, f) for t, p, r, f in zip(tokens, x, recon, feats)]
+        recon_feats = tokenizer.features(recon).flatten(2)
+        truths += [Truth(*parts) for parts in zip(tokens, x, recon, feats, recon_feats)]
     return truths
 
 
 @torch.no_grad()
 def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tensor, context: float,
-            tokenizer: torch.nn.Module) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+            tokenizer: torch.nn.Module, rng: np.random.Generator) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """(metrics, decoded samples (N, 3, ...), entropy map or None) of one example's N
-    continuations `new` (N, L - context_tokens) drawn by `sampler`."""
+    continuations `new` (N, L - context_tokens) drawn by `sampler`; `rng` breaks rank ties.
+    Spread-skill compares like with like: decoded samples with the decoded truth tokens (the
+    reconstruction), so tokenizer error does not count as the sampler's."""
     grid = tuple(truth.tokens.shape)
     units, n_ctx = context_split(grid, context)
     seq = truth.tokens.flatten()
@@ -90,17 +98,23 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     full = torch.cat([seq[None, :n_ctx].expand(n, -1), new], 1)  # (N, L)
     pixels = tokenizer.decode(full.view(n, *grid)).clamp(-1, 1)  # (N, 3, ...)
     out = metrics.token_metrics(seq[n_ctx:], new)
+    out.update(calibration.ensemble_metrics(seq[n_ctx:], new, calibration.HAMMING, "tokens", rng))
     entropy = None
     if hasattr(sampler, "score"):
         scored = sampler.score(torch.cat([seq[None], full]), n_ctx)  # row 0: the truth
         out.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
+        out.update(calibration.likelihood_calibration(scored["logprob"][0], scored["logprob"][1:], rng))
         entropy = metrics.entropy_map(scored["entropy"][0], grid, n_ctx)
     region = cut(pixels, grid, units)
-    out.update(metrics.distance_metrics(cut(truth.pixels, grid, units), region, "pixel_", pixels=True))
-    out.update(metrics.distance_metrics(cut(truth.reconstruction, grid, units), region, "recon_", pixels=True))
+    raw, recon = cut(truth.pixels, grid, units), cut(truth.reconstruction, grid, units)
+    out.update(metrics.distance_metrics(raw, region, "pixel_", pixels=True))
+    out.update(metrics.distance_metrics(recon, region, "recon_", pixels=True))
+    out["floor_rate"] = calibration.floor_rate(raw, region, recon)
+    out.update(calibration.ensemble_metrics(recon, region, calibration.RMS, "pixels", rng))
     out["pixel_diversity"] = metrics.pairwise_mse(region)
     feats = tokenizer.features(pixels).flatten(2)[:, :, n_ctx:]  # (N, D, L - n_ctx)
     out.update(metrics.distance_metrics(truth.features[:, n_ctx:], feats, "feature_"))
+    out.update(calibration.ensemble_metrics(truth.recon_features[:, n_ctx:], feats, calibration.RMS, "features", rng))
     out["feature_diversity"] = metrics.pairwise_mse(feats)
     out["vendi"] = metrics.vendi_score(feats)
     pool = torch.stack([cut(o.pixels, grid, units) for o in others]) if others else region[:0]
@@ -113,7 +127,8 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
               barrier=None) -> list[dict]:
     """Probe every (example, context, sampler) not yet in out/records.jsonl (with `resume`;
     without it an existing file is replaced), appending one record per line as it goes;
-    then write the summaries. `on_samples(example_index, context, sampler, pixels, truth)`
+    then write the summaries (with each GPT's redundancy curve when `config.redundancy`).
+    `on_samples(example_index, context, sampler, pixels, truth)`
     sees each decoded set of samples (the report keeps a few for its grids). Returns all records.
 
     With shard = (rank, world) and world > 1 (torchrun), rank r probes the blocks
@@ -151,7 +166,8 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
                 if k not in missing:
                     continue
                 others = [truths[(k + d) % len(truths)] for d in range(1, min(config.pool, len(truths) - 1) + 1)]
-                values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer)
+                rng = np.random.default_rng([seed, k])  # rank ties: the same draw on resume
+                values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer, rng)
                 record = {"example": examples[k].id, "index": k, "kind": tokenizer.kind, "context": context,
                           "samples": config.samples, "sampler": sampler.name, **sampler.settings, "seed": seed,
                           "metrics": {m: clean(v) for m, v in values.items()}}
@@ -168,7 +184,13 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
         records = merge_shards(out, rank, world, barrier)
         if records is None:
             return []
-    write_summary(records, out)
+    curves = {}
+    if config.redundancy and examples:
+        fps = (examples[0].meta or {}).get("fps")  # world clips know their frame rate
+        gpts = {s.label: s.gpt for s in samplers if isinstance(s, GPTSampler)}
+        curves = {label: redundancy_curve(gpt, tokenizer, examples, config.contexts, fps, config.batch)
+                  for label, gpt in gpts.items()}
+    write_summary(records, out, curves)
     return records
 
 
@@ -199,24 +221,54 @@ def clean(v: float) -> float | None:
     return float(f"{v:.6g}") if math.isfinite(v) else None
 
 
+def plain(settings: dict) -> bool:
+    """Whether a sampler draws from the model's own distribution (temperature 1, no top-k /
+    top-p; the oracle too): only then are spread-skill and ranks a calibration verdict.
+    Tempered or truncated sampling narrows the samples and inflates matches."""
+    return settings.get("temperature") in (None, 1) and not settings.get("top_k") and settings.get("top_p") in (None, 1)
+
+
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (kind, sampler, context): each metric's mean and bootstrap 95% interval
-    over examples."""
+    over examples; spread_skill_{distance} = Σ skill / Σ spread over examples with its
+    bootstrap interval; the pooled rank histograms with their chi-square uniformity test."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["kind"], r["sampler"], r["context"]), []).append(r)
     rows = []
     for (kind, sampler, context), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         names = sorted({m for r in rs for m in r["metrics"]})
+        stats = {m: bootstrap_ci([r["metrics"].get(m) for r in rs]) for m in names}
+        for d in DISTANCES:
+            if f"skill_{d}" in names:
+                stats[f"spread_skill_{d}"] = ratio_ci([r["metrics"].get(f"skill_{d}") for r in rs],
+                                                      [r["metrics"].get(f"spread_{d}") for r in rs])
+        histograms = {d: rank_histogram([r["metrics"].get(f"rank_{d}") for r in rs], rs[0]["samples"] + 1)
+                      for d in RANKS if f"rank_{d}" in names}
+        for d, h in histograms.items():  # the uniformity p-value also goes to the CSV, without an interval
+            stats[f"rank_{d}_p"] = {"mean": h["p"], "lo": None, "hi": None, "n": int(sum(h["counts"]))}
+        settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p")}
         rows.append({"kind": kind, "sampler": sampler, "context": context, "examples": len(rs),
-                     "settings": {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p")},
-                     "metrics": {m: bootstrap_ci([r["metrics"].get(m) for r in rs]) for m in names}})
+                     "settings": settings, "plain": plain(settings), "metrics": dict(sorted(stats.items())),
+                     "rank_histograms": histograms})
     return rows
 
 
-def write_summary(records: list[dict], out: Path) -> list[dict]:
+def add_redundancy(rows: list[dict], curves: dict[str, list[dict]]) -> None:
+    """Each GPT sampler's row gains its GPT's redundancy and information (bits per token) at
+    its context: teacher-forced, so the same for every sampling setting of one GPT."""
+    for row in rows:
+        for point in curves.get(row["settings"]["gpt"], []):
+            if point["context"] == row["context"]:
+                row["metrics"]["redundancy"] = point["redundancy"]
+                row["metrics"]["information_bits_per_token"] = point["information_bits_per_token"]
+
+
+def write_summary(records: list[dict], out: Path, curves: dict[str, list[dict]] | None = None) -> list[dict]:
+    """summary.json ({"groups": rows, "redundancy": {gpt: curve}}) and summary.csv."""
     rows = summarize(records)
-    write_json(out / SUMMARY_JSON, {"groups": rows})
+    add_redundancy(rows, curves or {})
+    write_json(out / SUMMARY_JSON, {"groups": rows, "redundancy": curves or {}})
     with atomic_path(out / SUMMARY_CSV) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["kind", "sampler", "context", "examples", "metric", "mean", "ci_lo", "ci_hi", "n"])

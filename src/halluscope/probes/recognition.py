@@ -39,6 +39,16 @@ def roc_auc(negatives: list[float], positives: list[float]) -> float:
     return float(above + 0.5 * ties)
 
 
+def auc_ci(negatives: list[float], positives: list[float], resamples: int = 1000, seed: int = 0) -> dict:
+    """The AUC of paired scores and its 95% percentile-bootstrap interval, resampling pairs
+    (a real clip with its own twin) with replacement."""
+    neg, pos = np.asarray(negatives), np.asarray(positives)
+    rng = np.random.default_rng(seed)
+    draws = [roc_auc(neg[i], pos[i]) for i in rng.integers(0, len(neg), size=(resamples, len(neg)))]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"mean": roc_auc(negatives, positives), "lo": float(lo), "hi": float(hi), "n": len(neg)}
+
+
 def roc_curve(negatives: list[float], positives: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) at every threshold, from (0, 0) to (1, 1)."""
     thresholds = np.unique(np.concatenate([negatives, positives]))[::-1]
@@ -98,7 +108,7 @@ def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[tuple[str, tor
                         "gap": nll[1] - nll[0]})
     real = [r["nll_real"] for r in records]
     bad = [r["nll_violation"] for r in records]
-    summary = {"pairs": len(records), "context": context, "auc": roc_auc(real, bad),
+    summary = {"pairs": len(records), "context": context, "auc": roc_auc(real, bad), "auc_ci": auc_ci(real, bad),
                "paired_accuracy": float(np.mean([r["gap"] > 0 for r in records])),
                "gap": bootstrap_ci([r["gap"] for r in records]),
                "nll_real": bootstrap_ci(real), "nll_violation": bootstrap_ci(bad)}

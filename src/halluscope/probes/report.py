@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 
 from halluscope.errors import UserError
-from halluscope.io import atomic_path, read_json, read_jsonl
+from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.probe import RECORDS, SUMMARY_JSON
 from halluscope.probes.recognition import roc_curve
 
@@ -38,7 +38,16 @@ CURVES = [
     ("nll_truth", "NLL of the ground truth (nats/token)"),
     ("typicality_gap", "NLL(truth) − NLL(own samples)"),
     ("entropy", "mean predictive entropy (nats)"),
+    ("spread_skill_tokens", "spread-skill ratio R, tokens (1 = calibrated)"),
+    ("spread_skill_pixels", "spread-skill ratio R, pixels (1 = calibrated)"),
+    ("energy_pixels", "energy score, pixels (RMS; lower is better)"),
+    ("typicality_z", "typicality z: (NLL(truth) − mean NLL(samples)) / sd"),
+    ("floor_rate", "samples within the tokenizer's reconstruction floor"),
+    ("redundancy", "redundancy R(k) = 1 − H(Y|C_k)/H(Y)"),
 ]
+# The headline: per model × modality × context, is it right, and is it honest about it?
+HEADLINE_COLUMNS = ["match_mean", "exact_rate", "floor_rate", "retrieval", "spread_skill_tokens", "spread_skill_pixels",
+                    "typicality_z", "redundancy"]
 SUMMARY_COLUMNS = ["match_mean", "match_best", "exact_rate", "diversity", "recon_psnr_best", "vendi", "retrieval",
                    "nll_truth", "typicality_gap"]
 MEDIA = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
@@ -58,6 +67,10 @@ def load_runs(runs: list[Path]) -> list[dict]:
     return rows
 
 
+def kind_of(rows: list[dict], run: str) -> str:
+    return next((r["kind"] for r in rows if r["run"] == run), "")
+
+
 def line_label(row: dict, kinds: int) -> str:
     return f"{row['kind']}: {row['sampler']}" if kinds > 1 else row["sampler"]
 
@@ -67,6 +80,13 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def values(stats: list[dict], key: str | None, field: str) -> list[float]:
+    """One field of each summary statistic (of each row's `key`), NaN where undefined (an
+    unbounded interval), so that a line or band just stops there."""
+    picked = [s if key is None else s[key] for s in stats]
+    return [np.nan if s[field] is None else s[field] for s in picked]
 
 
 def plot_curve(rows: list[dict], metric: str, label: str, path: Path) -> Path | None:
@@ -84,8 +104,9 @@ def plot_curve(rows: list[dict], metric: str, label: str, path: Path) -> Path | 
     for name, points in sorted(lines.items()):
         points.sort(key=lambda p: p[0])
         x = [p[0] for p in points]
-        ax.plot(x, [p[1]["mean"] for p in points], marker="o", label=name)
-        ax.fill_between(x, [p[1]["lo"] for p in points], [p[1]["hi"] for p in points], alpha=0.2)
+        ax.plot(x, values([p[1] for p in points], None, "mean"), marker="o", label=name)
+        ax.fill_between(x, values([p[1] for p in points], None, "lo"), values([p[1] for p in points], None, "hi"),
+                        alpha=0.2)
     ax.set_xlabel("context fraction")
     ax.set_ylabel(label, fontsize=8)
     ax.grid(alpha=0.3)
@@ -95,14 +116,14 @@ def plot_curve(rows: list[dict], metric: str, label: str, path: Path) -> Path | 
 
 
 def plot_entropy_maps(records: list[dict], path: Path) -> Path | None:
-    """Mean per-position predictive entropy along the ground truth, one panel per (sampler,
-    context): where on the grid the model is unsure. Clip grids show their latent frames
-    side by side."""
-    maps: dict[tuple[str, float], list[np.ndarray]] = {}
+    """Mean per-position predictive entropy along the ground truth, one panel per (kind,
+    sampler, context): where on the grid the model is unsure. Clip grids show their latent
+    frames side by side."""
+    maps: dict[tuple[str, str, float], list[np.ndarray]] = {}
     for r in records:
         if "entropy_map" in r:
             m = np.array([np.nan if v is None else v for v in r["entropy_map"]], dtype=float).reshape(r["grid"])
-            maps.setdefault((r["sampler"], r["context"]), []).append(m)
+            maps.setdefault((r["kind"], r["sampler"], r["context"]), []).append(m)
     if not maps:
         return None
     keys = sorted(maps)
@@ -114,7 +135,7 @@ def plot_entropy_maps(records: list[dict], path: Path) -> Path | None:
         if mean.ndim == 3:  # (t, h, w) -> frames side by side
             mean = np.concatenate(list(mean), axis=1)
         im = ax.imshow(mean, cmap="magma")
-        ax.set_title(f"{key[0]}\ncontext {key[1]:g}", fontsize=7)
+        ax.set_title(f"{key[0]}: {key[1]}\ncontext {key[2]:g}", fontsize=7)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
@@ -146,18 +167,59 @@ def embed(path: Path, alt: str) -> str:
 def fmt(stats: dict | None) -> str:
     if not stats or stats["mean"] is None:
         return "–"
-    return f"{stats['mean']:.3g} <small>[{stats['lo']:.3g}, {stats['hi']:.3g}]</small>"
+    bound = [f"{stats[k]:.3g}" if stats[k] is not None else ("−∞" if k == "lo" else "∞") for k in ("lo", "hi")]
+    if stats["lo"] is None and stats["hi"] is None:  # a value without an interval (a test's p-value)
+        return f"{stats['mean']:.3g}"
+    return f"{stats['mean']:.3g} <small>[{bound[0]}, {bound[1]}]</small>"
 
 
-def summary_table(rows: list[dict]) -> str:
-    columns = [c for c in SUMMARY_COLUMNS if any(c in r["metrics"] for r in rows)]
+def verdict(row: dict) -> str:
+    """What the token spread-skill interval says: R = 1 (the truth looks like one more sample),
+    R > 1 (the samples agree with each other more than with the truth), R < 1."""
+    r = row["metrics"].get("spread_skill_tokens")
+    if not r or r["mean"] is None:
+        return "–"
+    if r["lo"] is not None and r["lo"] > 1:
+        return "confidently wrong (R > 1)"
+    if r["hi"] is not None and r["hi"] < 1:
+        return "over-dispersed (R < 1)"
+    return "calibrated (R ≈ 1)"
+
+
+def summary_table(rows: list[dict], columns: list[str], with_verdict: bool = False) -> str:
+    columns = [c for c in columns if any(c in r["metrics"] for r in rows)]
     head = "".join(f"<th>{c}</th>" for c in ["run", "kind", "sampler", "context", "examples", *columns])
+    head += "<th>verdict</th>" if with_verdict else ""
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (r["run"], r["kind"], r["sampler"], r["context"],
                                                                      r["examples"]))
-        + "".join(f"<td>{fmt(r['metrics'].get(c))}</td>" for c in columns) + "</tr>"
+        + "".join(f"<td>{fmt(r['metrics'].get(c))}</td>" for c in columns)
+        + (f"<td>{verdict(r)}</td>" if with_verdict else "") + "</tr>"
         for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def plot_rank_histograms(rows: list[dict], path: Path) -> Path | None:
+    """The pooled rank of the truth among its samples, one panel per (run, sampler, context),
+    one line per pre-rank; flat = exchangeable, piled at the top = the truth lies outside the
+    samples (overconfident), at the bottom = it is more central than they are (over-dispersed)."""
+    panels = [r for r in rows if r.get("rank_histograms")]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 2.8), squeeze=False)
+    for ax, row in zip(axes[0], panels):
+        for name, h in sorted(row["rank_histograms"].items()):
+            counts = np.asarray(h["counts"], dtype=float)
+            p = "–" if h["p"] is None else f"{h['p']:.2g}"
+            ax.step(np.arange(len(counts)), counts / max(counts.sum(), 1), where="mid", label=f"{name} (p {p})")
+        ax.axhline(1 / len(counts), color="k", lw=0.8, ls=":")
+        ax.set_title(f"{row['kind']}: {row['sampler']}\ncontext {row['context']:g}", fontsize=7)
+        ax.set_xlabel("rank of the truth (0 = most typical)", fontsize=7)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("share of examples")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}
@@ -174,6 +236,10 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     records = [r for run in runs for r in read_jsonl(run / RECORDS)]
     plots = [plot_curve(rows, metric, label, out / "plots" / f"{metric}.png") for metric, label in CURVES]
     plots.append(plot_entropy_maps(records, out / "plots" / "entropy_maps.png"))
+    plots.append(plot_rank_histograms(rows, out / "plots" / "rank_histograms.png"))
+    curves = {f"{run.name}: {kind_of(rows, run.name)} {gpt}": curve for run in runs
+              for gpt, curve in read_json(run / SUMMARY_JSON, "probe summary").get("redundancy", {}).items()}
+    plots.append(plot_redundancy(curves, out / "plots" / "redundancy.png") if curves else None)
     plots = [p for p in plots if p is not None]
     grids = sorted(p for run in runs for p in (run / "grids").glob("*") if p.suffix.lower() in MEDIA)
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>halluscope probe report</title>"
@@ -181,7 +247,18 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
              f"<p>runs: {html.escape(', '.join(str(r) for r in runs))}</p>"]
     if info:
         parts.append(f"<pre>{html.escape(json.dumps(info, indent=1, sort_keys=True))}</pre>")
-    parts += ["<h2>Summary (mean [95% bootstrap interval] over examples)</h2>", summary_table(rows),
+    plain, tempered = [r for r in rows if r.get("plain", True)], [r for r in rows if not r.get("plain", True)]
+    parts += ["<h2>Headline: plain sampling (temperature 1, no top-k / top-p)</h2>",
+              ("<p>Calibration is judged only on samples drawn from the model's own distribution. R = spread-skill "
+               "ratio (1: the truth looks like one more sample; &gt; 1: confidently wrong; &lt; 1: over-dispersed); "
+               "typicality z &gt; 0: the truth is less likely than the model's own samples; redundancy: share of "
+               "H(Y) the context explains (teacher-forced).</p>"),
+              summary_table(plain, HEADLINE_COLUMNS, with_verdict=True)]
+    if tempered:
+        parts += ["<h2>Tempered or truncated sampling (reported apart: it narrows samples and inflates matches)</h2>",
+                  summary_table(tempered, HEADLINE_COLUMNS)]
+    parts += ["<h2>All summaries (mean [95% bootstrap interval] over examples)</h2>",
+              summary_table(rows, SUMMARY_COLUMNS),
               "<h2>Curves</h2><div class='plots'>", *(embed(p, p.stem) for p in plots), "</div>",
               ("<h2>Samples</h2><p>Each row: the context shown, the ground truth, its reconstruction, then the "
                "samples.</p><div class='grids'>")]
@@ -191,3 +268,29 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     with atomic_path(path) as tmp:
         tmp.write_text("".join(parts))
     return path
+
+
+def plot_redundancy(curves: dict[str, list[dict]], path: str | os.PathLike) -> Path:
+    """R(k) and I(C_k; Y) in bits per pixel against the context fraction, one line (with its
+    95% band) per curve, e.g. {"image": ..., "clip": ...}: modalities with different
+    tokenizers on one scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in [(axes[0], "redundancy", "redundancy R(k) = 1 − H(Y|C_k)/H(Y)"),
+                           (axes[1], "information_bits_per_pixel", "I(C_k; Y), bits per pixel")]:
+        for name, rows in sorted(curves.items()):
+            x = [r["context"] for r in rows]
+            ax.plot(x, values(rows, key, "mean"), marker="o", label=name)
+            ax.fill_between(x, values(rows, key, "lo"), values(rows, key, "hi"), alpha=0.2)
+        ax.set_xlabel("context fraction (0 = none)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def write_redundancy(curves: dict[str, list[dict]], out: str | os.PathLike) -> list[Path]:
+    """out/redundancy.json (the curves) and out/redundancy.png (their plot)."""
+    out = Path(out)
+    write_json(out / "redundancy.json", curves)
+    return [out / "redundancy.json", plot_redundancy(curves, out / "redundancy.png")]
