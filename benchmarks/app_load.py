@@ -24,18 +24,17 @@ import numpy as np
 import torch
 from gradio_client import Client, handle_file
 
+from benchmarks._common import publish
 from halluscope.app.models import ModelStore
 from halluscope.app.ui import launch
 from halluscope.data import ImageWorld
 from halluscope.gpt.checkpoint import save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
-from halluscope.io import write_json
 from halluscope.tokenizers import build_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")  # a proxy must never see the local server
-RESULTS = Path(__file__).parent / "results" / "app_load.json"
 
 
 def tiny_models(root: Path) -> str:
@@ -111,15 +110,22 @@ def main(argv: list[str]) -> int:
             demo.close()
     rows = [{"clients": 1, **alone}, {"clients": args.clients, **loaded}]
     meta = {"model": model, "samples": args.samples, "concurrency": args.concurrency, "threads": args.threads,
-            "resolution": size, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
-    write_json(RESULTS, {"meta": meta, "rows": rows})
-    print(f"\nApp load: {args.clients} gradio_client clients x {args.requests} /sample requests ({args.samples} samples, "
-          f"{size}² image, model {model}), queue concurrency {args.concurrency}, {args.threads} torch thread(s); "
-          f"all {loaded['requests']} requests succeeded\n")
-    print("| clients | requests | p50 s | p90 s | max s | requests/s | p50 vs 1 client |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            "resolution": size, "requests_per_client": args.requests, "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine()}
+    result = {"meta": meta, "rows": rows}
+    return publish("app_load", argv, result, table)
+
+
+def table(result: dict) -> str:
+    """The result as markdown (printed by main, and rendered into docs/benchmarks.md)."""
+    meta, rows = result["meta"], result["rows"]
+    alone, loaded = rows[0], rows[-1]
+    out = [f"App load: {loaded['clients']} gradio_client clients, {loaded['requests']} /sample requests in all "
+           f"({meta['samples']} samples, {meta['resolution']}² image, model {meta['model']}), queue concurrency "
+           f"{meta['concurrency']}, {meta['threads']} torch thread(s); all requests succeeded\n",
+           "| clients | requests | p50 s | p90 s | max s | requests/s | p50 vs 1 client |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['max_s']:.2f} | "
-              f"{r['requests_per_s']:.2f} | {r['p50_s'] / alone['p50_s']:.2f} |")
-    print(f"\nwrote {RESULTS}")
-    return 0
+        out.append(f"| {r['clients']} | {r['requests']} | {r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['max_s']:.2f} | "
+                   f"{r['requests_per_s']:.2f} | {r['p50_s'] / alone['p50_s']:.2f} |")
+    return "\n".join(out)

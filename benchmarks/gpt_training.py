@@ -21,14 +21,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from benchmarks._common import RESULTS, publish
 from halluscope.data import ImageWorld, write_world
 from halluscope.data.token_cache import TokenCache
 from halluscope.gpt import train as gpt_train
-from halluscope.io import write_json
 from halluscope.tokenizers import train as tokenizer_train
 from halluscope.tokenizers.cache import tokenize
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,19 +67,22 @@ def main(argv: list[str] | None = None) -> int:
               "examples": len(cache), "unigram_entropy": unigram, "final_val_loss": curve[-1]["val_loss"],
               "val_loss_over_unigram": curve[-1]["val_loss"] / unigram, "median_tokens_per_s": tokens_per_s,
               "curve": curve}
-    RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / "gpt_training.json", result)
     plot(curve, unigram, RESULTS / "gpt_training.png")
+    return publish("gpt_training", argv, result, table)
 
-    print(f"tiny GPT on {len(cache)} world images ({'×'.join(map(str, cache.grid))} tokens, vocab "
-          f"{cache.vocab_size}), {result['steps']} steps in {seconds:.0f} s, median {tokens_per_s:.0f} tokens/s\n")
-    print("| step | val loss (nats/token) | / unigram entropy |")
-    print("|---|---|---|")
+
+def table(result: dict) -> str:
+    """The result as markdown (printed by main, and rendered into docs/benchmarks.md)."""
+    curve, unigram = result["curve"], result["unigram_entropy"]
+    out = [f"tiny GPT on {result['examples']} world images ({'×'.join(map(str, result['grid']))} tokens, vocab "
+           f"{result['vocab_size']}), {result['steps']} steps in {result['train_seconds']:.0f} s, batch "
+           f"{result['batch']}, {result['threads']} threads, median {result['median_tokens_per_s']:.0f} tokens/s\n",
+           "| step | val loss (nats/token) | / unigram entropy |", "|---|---|---|"]
     shown = curve[:: max(1, len(curve) // 10)]
     for point in shown + ([curve[-1]] if shown[-1] is not curve[-1] else []):
-        print(f"| {point['step']} | {point['val_loss']:.3f} | {point['val_loss'] / unigram:.2f} |")
-    print(f"\nunigram entropy (reference): {unigram:.3f} nats/token")
-    return 0
+        out.append(f"| {point['step']} | {point['val_loss']:.3f} | {point['val_loss'] / unigram:.2f} |")
+    out.append(f"\nunigram entropy (reference): {unigram:.3f} nats/token")
+    return "\n".join(out)
 
 
 def plot(curve: list[dict], unigram: float, path: Path) -> None:

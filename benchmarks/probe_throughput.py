@@ -19,17 +19,16 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._common import publish
 from halluscope.data import ImageWorld, write_world
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
-from halluscope.io import write_json
 from halluscope.probes.context import context_split
 from halluscope.probes.probe import ProbeConfig, prepare, run_probe
 from halluscope.probes.samplers import GPTSampler, load_examples
 from halluscope.tokenizers import build_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
 
-RESULTS = Path(__file__).parent / "results" / "probe_throughput.json"
 CONTEXTS = [0.25, 0.5, 0.75]
 
 
@@ -76,14 +75,22 @@ def main(argv: list[str]) -> int:
            "grid": list(grid), "gpt_params": gpt.num_params(), "probe_s": probe, "sample_only_s": reference,
            "examples_per_s": args.examples / probe, "sample_only_examples_per_s": args.examples / reference,
            "metric_overhead": probe / reference}
-    meta = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
-    write_json(RESULTS, {"meta": meta, "rows": [row]})
-    print(f"\nContinuation probe, tiny presets, {args.examples} examples x {len(CONTEXTS)} contexts x {args.samples} "
-          f"samples, batch {args.batch}, 64² images ({grid[0]}x{grid[1]} tokens), fp32 CPU, {args.threads} thread(s)\n")
-    print("| run | seconds | examples/s | ratio to sampling only |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| sampling + decoding only (reference) | {reference:.1f} | {row['sample_only_examples_per_s']:.2f} | 1.00 |")
-    print(f"| full probe (all metrics, records, summary) | {probe:.1f} | {row['examples_per_s']:.2f} | "
-          f"{row['metric_overhead']:.2f} |")
-    print(f"\nwrote {RESULTS}")
-    return 0
+    meta = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "contexts": CONTEXTS}
+    result = {"meta": meta, "rows": [row]}
+    return publish("probe_throughput", argv, result, table)
+
+
+def table(result: dict) -> str:
+    """The result as markdown (printed by main, and rendered into docs/benchmarks.md)."""
+    row, threads = result["rows"][0], result["meta"]["threads"]
+    grid = row["grid"]
+    return "\n".join([
+        f"Continuation probe, tiny presets, {row['examples']} examples x {row['contexts']} contexts x {row['samples']} "
+        f"samples, batch {row['batch']}, {grid[0]}x{grid[1]} tokens per image, fp32 CPU, {threads} thread(s)\n",
+        "| run | seconds | examples/s | ratio to sampling only |",
+        "| --- | ---: | ---: | ---: |",
+        f"| sampling + decoding only (reference) | {row['sample_only_s']:.1f} | "
+        f"{row['sample_only_examples_per_s']:.2f} | 1.00 |",
+        f"| full probe (all metrics, records, summary) | {row['probe_s']:.1f} | {row['examples_per_s']:.2f} | "
+        f"{row['metric_overhead']:.2f} |"])

@@ -20,44 +20,28 @@ several times there.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks._common import add_machine_args, publish, setup, timed
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
-from halluscope.io import write_json
 
-RESULTS = Path(__file__).parent / "results" / "sampling_cache.json"
 VOCAB, SAMPLES = 1024, 8
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
-
-
-def timed(fn, repeats: int = 1) -> float:
-    """Best time of `repeats` calls, in seconds (the least disturbed by the shared CPU)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        best = min(best, clock() - t0)
-    return best
-
-
-def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, points: int, probe_steps: int) -> float:
-    """Seconds a full uncached generation of `steps` tokens after `prefix` would take,
+def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, samples: int, points: int, probe_steps: int,
+                      **sampling) -> float:
+    """Seconds a full uncached generation of `steps` tokens after `prefix` (1, L) would take,
     interpolated from `points` probes of `probe_steps` steps each (see the module docstring)."""
     length = prefix.shape[1]
     starts = np.linspace(length, length + steps - probe_steps, points).round().astype(int)
     per_step = []
     for start in starts:
-        longer = torch.randint(0, VOCAB, (1, int(start)))
-        per_step.append(timed(lambda: model.generate(longer, probe_steps, SAMPLES, use_cache=False), repeats=2)
-                        / probe_steps)
+        longer = torch.randint(0, model.config.vocab_size, (1, int(start)))
+        per_step.append(timed(lambda: model.generate(longer, probe_steps, samples, use_cache=False, **sampling),
+                              repeats=2) / probe_steps)
     # Step i runs on a sequence of length+i tokens.
     return float(np.interp(np.arange(length, length + steps), starts, per_step).sum())
 
@@ -68,15 +52,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="only 256 tokens (a smoke run)")
     parser.add_argument("--points", type=int, default=6, help="sequence lengths probed for the uncached estimate")
     parser.add_argument("--probe-steps", type=int, default=3, help="uncached steps timed at each probed length")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or this process's CPU time: with --threads 1 it is not inflated by "
-                             "other processes on a shared machine")
+    add_machine_args(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    global clock
-    clock = CLOCKS[args.clock]
+    setup(args)
 
     rows = []
     for name in ("tiny", "small"):
@@ -90,7 +68,7 @@ def main(argv: list[str]) -> int:
             cached = timed(lambda: model.generate(prefix, steps, SAMPLES), repeats=3)
             row = {"preset": name, "params": model.num_params(), "total_tokens": total, "context_tokens": context,
                    "new_tokens": steps, "samples": SAMPLES, "cached_s": cached,
-                   "uncached_s": uncached_estimate(model, prefix, steps, args.points, args.probe_steps),
+                   "uncached_s": uncached_estimate(model, prefix, steps, SAMPLES, args.points, args.probe_steps),
                    "uncached_method": f"estimated from {args.points} lengths x {args.probe_steps} steps"}
             if name == "tiny" and total == 256:  # cheap enough to also measure in full
                 row["uncached_measured_s"] = timed(lambda: model.generate(prefix, steps, SAMPLES, use_cache=False),
@@ -104,19 +82,24 @@ def main(argv: list[str]) -> int:
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock, "dtype": "float32",
             "device": "cpu", "vocab_size": VOCAB, "samples": SAMPLES}
-    write_json(RESULTS, {"meta": meta, "rows": rows})
-    print(f"\nKV-cached vs uncached sampling, N={SAMPLES} samples of the second half, fp32, CPU "
-          f"({meta['threads']} threads, {args.clock} time, torch {meta['torch']})\n")
-    print("| preset | params | total tokens | cached tok/s | uncached tok/s | speedup |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    result = {"meta": meta, "rows": rows}
+    return publish("sampling_cache", argv, result, table)
+
+
+def table(result: dict) -> str:
+    """The result as markdown (printed by main, and rendered into docs/benchmarks.md)."""
+    meta, rows = result["meta"], result["rows"]
+    out = [f"KV-cached vs uncached sampling, N={meta['samples']} samples of the second half, fp32, CPU "
+           f"({meta['threads']} threads, {meta['clock']} time, torch {meta['torch']})\n",
+           "| preset | params | total tokens | cached tok/s | uncached tok/s | speedup |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['total_tokens']} | {r['cached_tok_s']:.0f} | "
-              f"{r['uncached_tok_s']:.0f} | {r['speedup']:.1f}x |")
+        out.append(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['total_tokens']} | {r['cached_tok_s']:.0f} | "
+                   f"{r['uncached_tok_s']:.0f} | {r['speedup']:.1f}x |")
     for r in rows:
         if "uncached_measured_s" in r:
             error = r["uncached_s"] / r["uncached_measured_s"] - 1
-            print(f"\nUncached times are estimates ({r['uncached_method']}); for {r['preset']} at "
-                  f"{r['total_tokens']} tokens the full run took {r['uncached_measured_s']:.2f} s against "
-                  f"{r['uncached_s']:.2f} s estimated ({error:+.0%}).")
-    print(f"\nwrote {RESULTS}")
-    return 0
+            out.append(f"\nUncached times are estimates ({r['uncached_method']}); for {r['preset']} at "
+                       f"{r['total_tokens']} tokens the full run took {r['uncached_measured_s']:.2f} s against "
+                       f"{r['uncached_s']:.2f} s estimated ({error:+.0%}).")
+    return "\n".join(out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import publish
 from halluscope.data import ImageWorld, VideoWorld, write_world
 from halluscope.tokenizers.datasets import open_dataset
 from halluscope.tokenizers.load import load_tokenizer
 from halluscope.tokenizers.losses import psnr
 from halluscope.tokenizers.train import TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results" / "tokenizer_quality.json"
 TARGETS = {"image": {"psnr": 26.0, "usage": 0.30}, "video": {"psnr": 24.0}}
 
 
@@ -86,14 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds:
             world, n_train, n_held, batch = worlds[kind]
             rows.append(run(kind, world, n_train, n_held, args.minutes, batch, Path(tmp)))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"minutes": args.minutes, "threads": args.threads, "results": rows}, indent=2) + "\n")
-    print("| tokenizer | grid | steps | train s | held-out PSNR (dB) | grid-average reference (dB) | Δ (dB) "
-          "| codebook usage | target | met |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    result = {"minutes": args.minutes, "threads": args.threads, "results": rows}
+    return publish("tokenizer_quality", argv, result, table)
+
+
+def table(result: dict) -> str:
+    """The result as markdown (printed by main, and rendered into docs/benchmarks.md)."""
+    out = [f"Tiny tokenizers trained for {result['minutes']:g} minutes each ({result['threads']} threads)\n",
+           "| tokenizer | grid | steps | train s | held-out PSNR (dB) | grid-average reference (dB) | Δ (dB) "
+           "| codebook usage | target | met |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
         target = ", ".join(f"{k} ≥ {v:g}" for k, v in r["targets"].items())
-        print(f"| tiny {r['kind']} | {'×'.join(map(str, r['grid']))} | {r['steps']} | {r['train_seconds']} "
-              f"| {r['psnr']:.2f} | {r['reference_psnr']:.2f} | {r['psnr_vs_reference_db']:+.2f} "
-              f"| {r['usage']:.1%} | {target} | {'yes' if r['meets_targets'] else 'no'} |")
-    return 0
+        out.append(f"| tiny {r['kind']} (batch {r['batch']}) | {'×'.join(map(str, r['grid']))} | {r['steps']} "
+                   f"| {r['train_seconds']} | {r['psnr']:.2f} | {r['reference_psnr']:.2f} "
+                   f"| {r['psnr_vs_reference_db']:+.2f} | {r['usage']:.1%} | {target} "
+                   f"| {'yes' if r['meets_targets'] else '**no**'} |")
+    if result.get("note"):
+        out.append(f"\n{result['note']}")
+    return "\n".join(out)

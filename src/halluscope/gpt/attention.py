@@ -18,6 +18,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from halluscope.gpt.config import ATTENTION_BACKENDS
 
@@ -88,3 +89,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, back
         att = att.masked_fill(~mask, float("-inf"))
     att = F.dropout(att.softmax(dim=-1), p=dropout, training=dropout > 0)
     return att @ v
+
+
+def attend_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shared: int = 0, group: int = 1) -> torch.Tensor:
+    """One new query per row over all its cached keys: q (B, H, 1, D) against k, v (B, H, L, D)
+    -> (B, H, 1, D), with no mask (the query is the newest position).
+
+    Decoding reads the whole cache to produce one token per row: little arithmetic for each
+    byte read. When each run of `group` consecutive rows holds the same
+    first `shared` keys (N samples of one context), those are read once per group: the
+    group's N queries meet them as one (N, D) x (D, shared) matmul instead of N matrix-vector
+    products. Written out in plain ops because torch's fused CPU kernel is slower than this
+    for a single query (see docs/benchmarks.md). Exact: one softmax over the concatenated
+    scores, as if the keys had been read row by row.
+    """
+    q = q * q.shape[-1] ** -0.5
+    pre_k, pre_v = k[::group, :, :shared], v[::group, :, :shared]  # (B/group, H, shared, D): one copy per group
+    pre = rearrange(rearrange(q, "(b n) h 1 d -> b h n d", n=group) @ pre_k.transpose(-2, -1),
+                    "b h n l -> (b n) h 1 l")  # (B, H, 1, shared)
+    own = q @ k[:, :, shared:].transpose(-2, -1)  # (B, H, 1, L - shared): keys each row wrote itself
+    p = torch.cat([pre, own], dim=-1).softmax(dim=-1)
+    y = rearrange(rearrange(p[..., :shared], "(b n) h 1 l -> b h n l", n=group) @ pre_v, "b h n d -> (b n) h 1 d")
+    return y + p[..., shared:] @ v[:, :, shared:]

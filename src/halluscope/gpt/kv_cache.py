@@ -7,7 +7,9 @@ the filled prefix [0, length) as a view.
 
 A context is encoded once for B' rows and written into a cache of B = B' * N rows: row b' is
 broadcast to rows b'*N .. b'*N + N-1, so the N samples share the context's keys and values
-without the context being recomputed N times.
+without the context being recomputed N times. The cache remembers that sharing (`group`
+consecutive rows hold the same first `shared` positions) so that decoding can read those
+keys and values once per group instead of once per row (see `attention.attend_decode`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class KVCache:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.kv = torch.empty(n_layer, 2, batch, n_head, max_len, head_dim, device=device, dtype=dtype)
         self.length = 0  # positions [0, length) hold valid keys and values
+        self.shared = 0  # positions [0, shared) are identical within each group of rows
+        self.group = 1
 
     @property
     def batch(self) -> int:
@@ -40,6 +44,8 @@ class KVCache:
             raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
         if self.batch % b:
             raise ValueError(f"cannot spread {b} rows over a cache of {self.batch}")
+        if pos == 0:  # a new context: spread over its samples (b < B), or one per row
+            self.shared, self.group = (end, self.batch // b) if b < self.batch else (0, 1)
         slot = self.kv[layer, :, :, :, pos:end]  # (2, B, H, T, D), a view into the cache
         slot.unflatten(1, (b, self.batch // b)).copy_(kv.unsqueeze(2).expand(-1, -1, self.batch // b, -1, -1, -1))
         return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]

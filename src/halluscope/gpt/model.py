@@ -16,7 +16,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from halluscope.gpt import sampling, scoring
-from halluscope.gpt.attention import attend, resolve_backend
+from halluscope.gpt.attention import attend, attend_decode, resolve_backend
 from halluscope.gpt.config import ATTENTION_BACKENDS, GPTConfig
 from halluscope.gpt.kv_cache import KVCache
 
@@ -40,8 +40,9 @@ class CausalSelfAttention(nn.Module):
         if cache is not None and pos > 0:
             # Decoding: the new query sees every cached key, so no mask is needed. One token
             # per step keeps this exact; a longer chunk would need an offset causal mask.
+            # Every backend decodes the same way: reading the cache is the cost, see attend_decode.
             assert x.shape[1] == 1, "decode one position at a time after the prefill"
-            y = attend(q, k_all, v_all, causal=False, backend="math" if self.backend == "math" else "sdpa")
+            y = attend_decode(q, k_all, v_all, cache.shared, cache.group)
         else:  # training, or a prefill from position 0: causal attention within the chunk
             p = self.dropout if self.training else 0.0
             y = attend(q, k, v, causal=True, backend=resolve_backend(self.backend, x.device), dropout=p)
