@@ -1,5 +1,5 @@
-"""`halluscope demo --quick`: the whole pipeline runs, writes its pictures, and a second run
-reuses everything it trained."""
+"""`halluscope demo --quick`: the whole pipeline (both modalities, probes, oracle, recognition,
+report) runs, prints its table, and a second run reuses everything it trained."""
 
 import json
 import time
@@ -14,15 +14,25 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_models(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "GPT val loss" in printed and "unigram entropy" in printed
-    grids = sorted(out.glob("samples/*/samples.png"))
-    assert len(grids) == 2
-    assert len((out / "gpt" / "metrics.jsonl").read_text().splitlines()) == 12
+    assert "| sampler | modality | context | match rate |" in printed
+    assert "finding at context 0.5:" in printed and "report.html" in printed
+    for modality, grid in (("image", [16, 16]), ("clip", [4, 8, 8])):
+        assert json.loads((out / modality / "tokens" / "manifest.json").read_text())["grid"] == grid
+        summary = json.loads((out / "probes" / modality / "summary.json").read_text())["groups"]
+        # the GPT and the oracle, at each of the three context fractions
+        assert sorted((g["sampler"] == "oracle", g["context"]) for g in summary) == \
+            [(False, 0.25), (False, 0.5), (False, 0.75), (True, 0.25), (True, 0.5), (True, 0.75)]
+    # the oracle of a deterministic clip world reproduces the ground truth exactly
+    clip_oracle = [g for g in summary if g["sampler"] == "oracle"]
+    assert all(g["metrics"]["match_mean"]["mean"] == 1.0 for g in clip_oracle)
+    assert sorted(p.suffix for p in (out / "probes" / "clip" / "grids").iterdir()) == [".gif"] * 2 * 3 * 2
+    assert json.loads((out / "recognition" / "recognition.json").read_text())
+    assert (out / "report" / "report.html").stat().st_size > 10_000
 
-    weights = (out / "gpt" / "model" / "model.safetensors").stat().st_mtime_ns
+    weights = {m: (out / m / "gpt" / "model" / "model.safetensors").stat().st_mtime_ns for m in ("image", "clip")}
     t0 = time.perf_counter()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    assert (out / "gpt" / "model" / "model.safetensors").stat().st_mtime_ns == weights  # not retrained
-    assert len((out / "gpt" / "metrics.jsonl").read_text().splitlines()) == 12
-    assert json.loads((out / "tokens" / "manifest.json").read_text())["count"] == 32
     assert time.perf_counter() - t0 < 60
+    for m, mtime in weights.items():  # not retrained
+        assert (out / m / "gpt" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert "finding at context 0.5:" in capsys.readouterr().out

@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         p.add_argument(f"--{flag}", type=kind, default=d[flag.replace("-", "_")].default, help=help_text)
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
+    p.add_argument("--factorized-pos", action="store_true",
+                   help="one position table per grid axis: a clip's frames share row and column embeddings")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward to save memory")

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--resolution", type=int, help="input size (default: the preset's)")
     p.add_argument("--frames", type=int, help="frames per clip, kind video (default: the preset's)")
+    p.add_argument("--downsample", type=parse_downsample, metavar="T,H,W",
+                   help="pixels per token along time, height, width; kind video (default: the preset's)")
+    p.add_argument("--codebook-size", type=int, help="number of codes, the GPT's vocabulary (default: the preset's)")
+    p.add_argument("--restart-every", type=int, default=25,
+                   help="steps between restarts of unused codes from recent encoder outputs; 0: never (default 25)")
     p.add_argument("--gan-start", type=int, help="switch the PatchGAN on at this step (default: no GAN)")
     p.add_argument("--disc-weight", type=float, default=0.5)
     p.add_argument("--perceptual", nargs="+", default=[], metavar="FILE",
@@ -48,6 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=tokenize_cmd)
 
 
+def parse_downsample(text: str) -> tuple[int, int, int]:
+    try:
+        factors = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        factors = ()
+    if len(factors) != 3 or min(factors) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers T,H,W, got {text!r}")
+    return factors
+
+
 def positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UserError(f"--{name} must be at least 1 (got {value})")
@@ -64,13 +79,18 @@ def import_taming_cmd(args: argparse.Namespace) -> int:
 def train_cmd(args: argparse.Namespace) -> int:
     from halluscope.tokenizers.train import TrainConfig, train
 
-    for name in ("steps", "batch", "resolution", "frames", "sample_every", "ckpt_every"):
+    for name in ("steps", "batch", "resolution", "frames", "codebook_size", "sample_every", "ckpt_every"):
         positive(name.replace("_", "-"), getattr(args, name))
+    if args.restart_every < 0:
+        raise UserError(f"--restart-every must be 0 (never) or more, got {args.restart_every}")
+    if args.downsample and args.kind != "video":
+        raise UserError("--downsample is for clip tokenizers (--kind video); an image VQGAN's follows its ch_mult")
     cfg = TrainConfig(kind=args.kind, data=args.data, out=args.out, preset=args.preset, steps=args.steps,
                       batch=args.batch, lr=args.lr, resolution=args.resolution, frames=args.frames,
                       gan_start=args.gan_start, disc_weight=args.disc_weight, perceptual=args.perceptual,
                       sample_every=args.sample_every, ckpt_every=args.ckpt_every, max_minutes=args.max_minutes,
-                      seed=args.seed, resume=args.resume)
+                      restart_every=args.restart_every, seed=args.seed, resume=args.resume,
+                      extra={k: v for k, v in (("downsample", args.downsample), ("n_embed", args.codebook_size)) if v})
     last = train(cfg)
     if last.get("resumed_finished"):
         print(f"train-tokenizer: {args.out} already finished step {last['step']}; nothing to do")

@@ -36,6 +36,14 @@ class VQGANConfig:
     # changes training, so imports keep taming's value and our own runs use the fixed one.
     legacy: bool = False
     quantizer: str = "vq"  # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only)
+    # "zeros" is taming's (and every imported checkpoint's). "replicate" gives a flat region the
+    # same code near a border as in the middle (stable tokens); taming's Downsample still pads
+    # its right and bottom edges with zeros.
+    padding: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if self.padding not in ("zeros", "replicate"):
+            raise UserError(f"tokenizer config: padding must be 'zeros' or 'replicate', got {self.padding!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -146,12 +154,15 @@ def config_from_dict(d: dict):
 # Sized so that `tiny` trains to a useful quality within minutes on a laptop CPU (64² images,
 # 16-frame 64² clips); `small` and `base` are for a GPU and larger resolutions. Low-dimensional
 # codes (embed_dim 8) keep far more of a codebook in use than 32-dimensional ones early on.
+# Our own image VQGANs pad by replication: with taming's zero padding the borders reach deep
+# into a small latent grid, and even a blank 64² image maps to dozens of different codes.
 IMAGE_PRESETS = {
-    "tiny": dict(resolution=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256),
+    "tiny": dict(resolution=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256,
+                 padding="replicate"),
     "small": dict(resolution=128, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                  z_channels=64, embed_dim=64, n_embed=1024),
+                  z_channels=64, embed_dim=64, n_embed=1024, padding="replicate"),
     "base": dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
-                 z_channels=256, embed_dim=256, n_embed=1024),
+                 z_channels=256, embed_dim=256, n_embed=1024, padding="replicate"),
 }
 VIDEO_PRESETS = {
     "tiny": dict(resolution=64, frames=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, downsample=(4, 4, 4),

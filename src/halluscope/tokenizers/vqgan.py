@@ -13,8 +13,9 @@ import contextlib
 import io
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
-from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.diffusionmodules.model import Decoder, Downsample, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
@@ -108,9 +109,35 @@ class VQGAN(VQTokenizer):
         with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its latent shape
             self.encoder = Encoder(**dd)
             self.decoder = Decoder(**dd)
+        if config.padding == "replicate":
+            replicate_borders(self.encoder)
+            replicate_borders(self.decoder)
         if config.quantizer == "gumbel":
             self.quantize = GumbelQuantize(config.z_channels, config.embed_dim, n_embed=config.n_embed)
         else:
             self.quantize = VectorQuantizer2(config.n_embed, config.embed_dim, beta=config.beta, legacy=config.legacy)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+
+class ReplicateDownsample(nn.Module):
+    """taming's strided-conv Downsample (same `conv` parameter), its right and bottom edges
+    padded by replication instead of zeros."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="replicate"))
+
+
+def replicate_borders(net: nn.Module) -> None:
+    """Make every convolution of a taming Encoder / Decoder pad by replication; the parameters
+    (and so the state-dict layout) stay as they are."""
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Conv2d) and module.padding != (0, 0):
+            module.padding_mode = "replicate"
+        elif isinstance(module, Downsample) and module.with_conv:
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, ReplicateDownsample(module.conv))

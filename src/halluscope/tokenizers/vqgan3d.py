@@ -17,6 +17,12 @@ from halluscope.tokenizers.config import VQGAN3DConfig
 from halluscope.tokenizers.vqgan import VQTokenizer
 
 
+def conv3(c_in: int, c_out: int) -> nn.Conv3d:
+    # Replicate, not zero, padding: a still region then looks the same to the network in every
+    # frame and near every border, so it gets the same code wherever it is (stable tokens).
+    return nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode="replicate")
+
+
 def norm(channels: int) -> nn.GroupNorm:
     # taming uses 32 groups; small presets have fewer channels than that.
     return nn.GroupNorm(min(32, channels // 4) or 1, channels, eps=1e-6)
@@ -25,8 +31,8 @@ def norm(channels: int) -> nn.GroupNorm:
 class ResBlock3D(nn.Module):
     def __init__(self, c_in: int, c_out: int, dropout: float):
         super().__init__()
-        self.norm1, self.conv1 = norm(c_in), nn.Conv3d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = norm(c_out), nn.Conv3d(c_out, c_out, 3, padding=1)
+        self.norm1, self.conv1 = norm(c_in), conv3(c_in, c_out)
+        self.norm2, self.conv2 = norm(c_out), conv3(c_out, c_out)
         self.dropout = nn.Dropout(dropout)
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -60,14 +66,14 @@ class Downsample3D(nn.Module):
         # Like taming's 2D Downsample: pad (0, 1) on a strided axis so a size halves exactly;
         # (1, 1) keeps an unstrided axis as it is. F.pad lists the last axis first.
         pad = [p for s in reversed(self.stride) for p in ((0, 1) if s == 2 else (1, 1))]
-        return self.conv(F.pad(x, pad))
+        return self.conv(F.pad(x, pad, mode="replicate"))
 
 
 class Upsample3D(nn.Module):
     def __init__(self, c: int, scale: tuple[int, int, int]):
         super().__init__()
         self.scale = scale
-        self.conv = nn.Conv3d(c, c, 3, padding=1)
+        self.conv = conv3(c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
@@ -84,7 +90,7 @@ class Encoder3D(nn.Module):
         self.patch = tuple(cfg.patch)
         pt, ph, pw = self.patch
         widths = [cfg.ch * m for m in cfg.ch_mult]
-        self.conv_in = nn.Conv3d(cfg.in_channels * pt * ph * pw, cfg.ch, 3, padding=1)
+        self.conv_in = conv3(cfg.in_channels * pt * ph * pw, cfg.ch)
         layers, c = [], cfg.ch
         strides = cfg.level_strides() + [None]
         for width, stride in zip(widths, strides):
@@ -95,7 +101,7 @@ class Encoder3D(nn.Module):
                 layers.append(Downsample3D(c, stride))
         self.down = nn.Sequential(*layers)
         self.mid = middle(c, cfg)
-        self.norm_out, self.conv_out = norm(c), nn.Conv3d(c, cfg.z_channels, 3, padding=1)
+        self.norm_out, self.conv_out = norm(c), conv3(c, cfg.z_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch
@@ -113,7 +119,7 @@ class Decoder3D(nn.Module):
         pt, ph, pw = self.patch
         widths = [cfg.ch * m for m in cfg.ch_mult]
         c = widths[-1]
-        self.conv_in = nn.Conv3d(cfg.z_channels, c, 3, padding=1)
+        self.conv_in = conv3(cfg.z_channels, c)
         self.mid = middle(c, cfg)
         layers = []
         strides = [None] + cfg.level_strides()[::-1]
@@ -125,7 +131,7 @@ class Decoder3D(nn.Module):
                 c = width
         self.up = nn.Sequential(*layers)
         self.norm_out = norm(c)
-        self.conv_out = nn.Conv3d(c, cfg.in_channels * pt * ph * pw, 3, padding=1)
+        self.conv_out = conv3(c, cfg.in_channels * pt * ph * pw)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch
