@@ -232,16 +232,21 @@ def video_truncated_mp4(c, name):
     return c.tokenize(name, data, video=True)
 
 
-@case("videos", "audio-only MP4", "skip", "no video stream")
-def video_audio_only(c, name):
-    data, bad = c.folder(name, "sound.mp4", video=True)
-    with av.open(str(bad), "w") as container:
+def write_audio_only_mp4(path: pathlib.Path) -> None:
+    """An MP4 with a quarter second of silence and no video stream."""
+    with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=8000)
         for i in range(4):
             frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
             frame.sample_rate, frame.pts = 8000, i * 1024
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+@case("videos", "audio-only MP4", "skip", "no video stream")
+def video_audio_only(c, name):
+    data, bad = c.folder(name, "sound.mp4", video=True)
+    write_audio_only_mp4(bad)
     return c.tokenize(name, data, video=True)
 
 

@@ -17,7 +17,7 @@ from halluscope.app.ui import launch
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld
 from halluscope.errors import UserError
-from halluscope.gpt.checkpoint import save_gpt
+from halluscope.gpt.checkpoint import load_gpt, save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
 from halluscope.tokenizers import build_tokenizer, save_tokenizer
@@ -161,3 +161,10 @@ def test_a_tokenizer_outside_the_models_folder_is_not_offered(tmp_path):
     assert ModelStore(tmp_path / "image").names == ["gpt"]
     with pytest.raises(UserError, match="no GPT model folders"):  # its tokenizer, ../tokenizer, is outside
         ModelStore(tmp_path / "image" / "gpt")
+
+
+def test_a_training_runs_intermediate_checkpoints_are_not_offered(tmp_path):
+    make_model(tmp_path, "image")  # tmp_path/image/{tokenizer,gpt}
+    save_gpt(load_gpt(tmp_path / "image" / "gpt"), tmp_path / "image" / "checkpoints" / "step_00000002")
+    assert (tmp_path / "image" / "checkpoints" / "step_00000002" / "config.json").is_file()
+    assert ModelStore(tmp_path).names == ["image/gpt"]

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from bad_inputs import write_audio_only_mp4
 from torch.utils.data import DataLoader
 
 import halluscope.data.media as media
@@ -95,13 +96,7 @@ def data_bad_video_folder(tmp_path):
     (tmp_path / "garbage.mkv").write_bytes(np.random.default_rng(0).bytes(4000))
     (tmp_path / "notes.avi").write_text("a text file named like a video\n")
     write_numbered(tmp_path / "sub" / "short.webm", 6)
-    with av.open(str(tmp_path / "sound.mp4"), "w") as container:  # audio only: no video stream
-        stream = container.add_stream("aac", rate=8000)
-        for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_audio_only_mp4(tmp_path / "sound.mp4")
     return tmp_path
 
 

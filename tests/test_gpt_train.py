@@ -197,8 +197,9 @@ def test_two_gloo_ranks_match_one_process_over_the_same_global_batch(cache, tmp_
 def test_train_gpt_command(cache, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["train-gpt", "--tokens", str(cache), "--out", str(out), "--preset", "tiny", "--steps", "4",
-                 "--batch", "4", "--eval-every", "2", "--no-progress"])
+                 "--batch", "4", "--eval-every", "2", "--no-progress", "--factorized-pos"])
     assert code == 0 and (out / "model" / "model.safetensors").is_file()
+    assert load_gpt(out / "model").config.factorized_pos  # one position table per grid axis
     assert main(["train-gpt", "--tokens", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "token cache" in capsys.readouterr().err
 

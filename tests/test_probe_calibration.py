@@ -171,16 +171,22 @@ def test_redundancy_curve_known_values(tmp_path):
     still = torch.rand(5, 3, 1, 16, 16).mul(2).sub(1).expand(-1, -1, 4, -1, -1)  # every frame the same
     examples = [Example(str(i), x) for i, x in enumerate(still)]
     curve = redundancy_curve(CopyModel(64, 16), tokenizer, examples, [0.25, 0.5, 0.75], fps=8)
-    assert [(r["context"], r["context_units"]) for r in curve] == [(0.0, 0), (0.25, 1), (0.5, 2), (0.75, 3)]
-    assert all(r["target_units"] == 1 and r["tokens_scored"] == 15 for r in curve)
-    h, h_given = 6.0, -np.log2(0.9)  # bits per token: uniform over 64 codes; repeated with probability 0.9
-    assert curve[0]["entropy_bits_per_token"]["mean"] == pytest.approx(h)
-    assert curve[0]["redundancy"]["mean"] == pytest.approx(0) and curve[0]["information_bits_per_token"]["mean"] == 0
-    for r in curve[1:]:
-        assert r["entropy_bits_per_token"]["mean"] == pytest.approx(h_given)
-        assert r["redundancy"]["mean"] == pytest.approx(1 - h_given / h)
-        assert r["information_bits_per_token"]["mean"] == pytest.approx(h - h_given)
-        assert r["information_bits_per_pixel"]["mean"] == pytest.approx((h - h_given) * 64 / (16 * 16 * 4))
-        assert r["information_bits_per_second"]["mean"] == pytest.approx((h - h_given) * 64 / (4 / 8))
+    assert [(r["context"], r["context_units"], r["target_units"]) for r in curve] == \
+        [(0.0, 0, 4), (0.25, 1, 3), (0.5, 2, 2), (0.75, 3, 1)]
+    h, h_repeat = 6.0, -np.log2(0.9)  # bits per token: uniform over 64 codes; repeated with probability 0.9
+    for r in curve:
+        k, scored = r["context_units"], r["tokens_scored"]
+        assert scored == (4 - k) * 16 - 1  # Y_k's first token is left out
+        # alone, Y_k's first frame is uniform; given C_k (k >= 1) every scored token has the frame before it
+        alone = (15 * h + (scored - 15) * h_repeat) / scored
+        given = h_repeat if k else alone
+        assert r["entropy_bits_per_token"]["mean"] == pytest.approx(given)
+        assert r["marginal_bits_per_token"]["mean"] == pytest.approx(alone)
+        assert r["redundancy"]["mean"] == pytest.approx(1 - given / alone)
+        assert r["information_bits_per_token"]["mean"] == pytest.approx(alone - given)
+        assert r["information_bits_per_pixel"]["mean"] == pytest.approx((alone - given) * 64 / (16 * 16 * 4))
+        assert r["information_bits_per_second"]["mean"] == pytest.approx((alone - given) * 64 / (4 / 8))
+    assert curve[0]["redundancy"]["mean"] == pytest.approx(0) and curve[3]["redundancy"]["mean"] == \
+        pytest.approx(1 - h_repeat / h)  # one frame to go, fixed by the one before it
     paths = write_redundancy({"clip": curve, "image": curve}, tmp_path)
     assert [p.name for p in paths] == ["redundancy.json", "redundancy.png"] and paths[1].stat().st_size > 1000

@@ -137,3 +137,24 @@ def test_bad_data_folder_is_one_line(tmp_path, capsys):
     assert main(["train-tokenizer", "--kind", "image", "--data", str(tmp_path / "empty"), "--out",
                  str(tmp_path / "run"), "--steps", "1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_model_flags_reach_the_saved_config_and_bad_values_are_one_line(tmp_path, capsys, monkeypatch):
+    data = write_images(tmp_path / "images", 4)
+    monkeypatch.setattr("halluscope.tokenizers.config.IMAGE_PRESETS", {"tiny": TINY_IMAGE})
+    base = ["train-tokenizer", "--kind", "image", "--data", str(data), "--resolution", "32", "--steps", "1",
+            "--batch", "2"]
+    assert main(base + ["--out", str(tmp_path / "run"), "--padding", "replicate", "--codebook-size", "16",
+                        "--restart-every", "0"]) == 0
+    config = load_tokenizer(tmp_path / "run" / "model").config
+    assert (config.padding, config.n_embed) == ("replicate", 16)
+    capsys.readouterr()
+    for flags, message in [(["--downsample", "4,8,8"], "--downsample is for clip tokenizers"),
+                           (["--restart-every", "-1"], "--restart-every must be 0"),
+                           (["--codebook-size", "0"], "--codebook-size must be at least 1")]:
+        assert main(base + ["--out", str(tmp_path / "bad"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):  # argparse: three factors or nothing
+        main(base + ["--out", str(tmp_path / "bad"), "--downsample", "4,8"])
+    assert "expected three positive integers" in capsys.readouterr().err

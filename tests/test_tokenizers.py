@@ -58,20 +58,21 @@ def test_vqgan_state_dict_has_taming_vqmodel_layout():
 
 def test_replicate_padding_gives_a_flat_picture_one_code_and_keeps_the_state_dict():
     """With zero padding a blank image reaches the quantizer as different latents near the
-    borders (many codes); our presets pad by replication, and their parameters keep taming's names."""
+    borders (many codes); with replicate padding it is one code, and the parameters keep taming's names."""
     torch.manual_seed(0)
     zeros = build_tokenizer(VQGANConfig(**{**vars(SMALL_IMAGE), "resolution": 64, "ch_mult": (1, 1, 2)})).eval()
     replicate = build_tokenizer(VQGANConfig(**{**vars(zeros.config), "padding": "replicate"})).eval()
     replicate.load_state_dict(zeros.state_dict())  # same keys and shapes, strict
     blank = torch.full((1, 3, 64, 64), -0.8)
-    clip = build_tokenizer(CONFIGS["vqgan3d"]).eval()
+    clip = build_tokenizer(VQGAN3DConfig(**{**vars(CONFIGS["vqgan3d"]), "padding": "replicate"})).eval()
     with torch.no_grad():
         assert zeros.encode(blank).unique().numel() > 1
         assert replicate.encode(blank).unique().numel() == 1
         assert clip.encode(torch.full((1, 3, 4, 32, 32), 0.3)).unique().numel() == 1  # also across latent frames
-    assert preset("image", "tiny").padding == "replicate" and VQGANConfig().padding == "zeros"  # imports: taming's
-    with pytest.raises(UserError, match="padding must be"):
-        VQGANConfig(padding="reflect")
+    assert preset("image", "tiny").padding == VQGANConfig().padding == "zeros"  # taming's, and the fastest
+    for cls in (VQGANConfig, VQGAN3DConfig):
+        with pytest.raises(UserError, match="padding must be"):
+            cls(padding="reflect")
 
 
 def test_vqgan3d_grid_arithmetic():

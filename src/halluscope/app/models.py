@@ -69,10 +69,13 @@ class ModelStore:
             raise UserError(f"no GPT model folders (config.json with kind \"gpt\" and a tokenizer) under {root}")
 
     def discover(self) -> dict[str, Path]:
-        """name -> GPT folder, for every GPT folder under the root whose tokenizer is under it too."""
+        """name -> GPT folder, for every GPT folder under the root whose tokenizer is under it too.
+        A training run's intermediate checkpoints/ are left out: the run's model/ is the one to try."""
         found = {}
         for config in sorted(self.root.rglob("config.json")):
             folder = config.parent
+            if "checkpoints" in folder.relative_to(self.root).parts:
+                continue
             try:
                 tokenizer = gpt_tokenizer(folder)
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):

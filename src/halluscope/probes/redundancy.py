@@ -1,17 +1,16 @@
 """How redundant a modality is, from a GPT's own teacher-forced likelihoods (no sampling).
 
-Y is fixed for the whole curve: the tokens after the largest context K (whole rows / latent
-frames). C_k is the k rows / latent frames right before Y. A raster-order GPT can only score
-tokens given everything before them, so C_k and Y are scored as a sequence of their own,
-placed at the start of the grid (shifted by whole rows / frames, so every token keeps its
-column, row-in-frame): H(Y | C_k) ≈ NLL(Y | C_k), and H(Y) ≈ NLL(Y) with no context (k = 0).
-At k = K this is the ordinary score of the example; below it, it assumes the domain looks
-the same wherever a window starts (true of clips over time; an approximation for photos,
-whose top rows differ from their bottom rows). An unconditional GPT cannot score the first
-token of a sequence, so Y's first token is left out of every score (the same at every k).
+For a context of k whole rows / latent frames, Y_k is what the probe asks the model to
+continue: every token after them. H(Y_k | C_k) is Y_k's NLL scored in place, given its real
+context. H(Y_k), Y_k's entropy with no context, is its NLL scored as a sequence of its own,
+moved to the start of the grid (by whole rows / frames, so every token keeps its column and
+row-in-frame). That assumes Y_k looks like the top of an example: true of clips over time
+(frames 8-15 are distributed like frames 0-7), true of the image world at k = 1/2 (its halves
+are drawn alike), an approximation at other k and for photos. An unconditional GPT cannot
+score the first token of a sequence, so Y_k's first token is left out of both scores.
 
-    I(C_k; Y) = H(Y) - H(Y | C_k)                 bits per token, per pixel, per second (clips)
-    R(k)      = 1 - H(Y | C_k) / H(Y)             0: the context says nothing about Y; 1: it fixes Y
+    I(C_k; Y_k) = H(Y_k) - H(Y_k | C_k)           bits per token, per pixel, per second (clips)
+    R(k)        = 1 - H(Y_k | C_k) / H(Y_k)       0: the context says nothing about Y_k; 1: it fixes Y_k
 
 Model NLLs are cross-entropies, upper bounds on the true entropies: the curve is the
 redundancy the model exploits, which a better model can only raise."""
@@ -32,16 +31,17 @@ BITS = 1 / math.log(2)  # nats -> bits
 
 
 @torch.no_grad()
-def example_nlls(gpt: GPT, tokens: torch.Tensor, windows: list[int], target: int) -> torch.Tensor:
-    """(B, len(windows)) summed NLL in nats of tokens (B, units, per_unit) from unit `target`
-    on, each given only the `k` units right before it (k in windows), Y's first token left out."""
+def example_nlls(gpt: GPT, tokens: torch.Tensor, contexts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLLs in nats, each (B, len(contexts)), of Y_k = the tokens (B, units, per_unit)
+    after the first k units (k in contexts): given those k units (in place), and alone (moved
+    to the start of the grid); Y_k's first token is left out of both."""
     per_unit = math.prod(tokens.shape[2:])
     seq = tokens.flatten(1)
-    out = []
-    for k in windows:
-        window = seq[:, (target - k) * per_unit:]  # C_k then Y, moved to the start of the grid
-        out.append(-gpt.score(window, k * per_unit + 1)["logprob"].double().sum(1))
-    return torch.stack(out, 1).cpu()
+    given, alone = [], []
+    for k in contexts:
+        given.append(-gpt.score(seq, k * per_unit + 1)["logprob"].double().sum(1))
+        alone.append(-gpt.score(seq[:, k * per_unit:], 1)["logprob"].double().sum(1))
+    return torch.stack(given, 1).cpu(), torch.stack(alone, 1).cpu()
 
 
 def one_minus(v: float | None) -> float | None:
@@ -52,37 +52,39 @@ def one_minus(v: float | None) -> float | None:
 def redundancy_curve(gpt: GPT, tokenizer: torch.nn.Module, examples: list[Example], contexts: list[float],
                      fps: float | None = None, batch: int = 16) -> list[dict]:
     """The redundancy curve of one GPT on examples, one dict per context (0 = none, then each
-    fraction of `contexts`, which also fixes Y as the tokens after the largest one):
-    context, context_units, target_units, tokens_scored, and mean [95% bootstrap interval] over
-    examples ({"mean", "lo", "hi", "n"}) of entropy_bits_per_token = H(Y | C_k),
+    fraction of `contexts`): context, context_units, target_units, tokens_scored, and the mean
+    [95% bootstrap interval] over examples ({"mean", "lo", "hi", "n"}) of
+    entropy_bits_per_token = H(Y_k | C_k), marginal_bits_per_token = H(Y_k),
     information_bits_per_token / _per_pixel / _per_second (clips, when fps is given) =
-    I(C_k; Y), and redundancy = R(k) (a ratio of sums over examples)."""
+    I(C_k; Y_k), and redundancy = R(k) (a ratio of sums over examples)."""
     grid = tuple(tokenizer.grid)
-    units = {c: context_split(grid, c)[0] for c in contexts}
-    target = max(units.values())
-    windows = [0, *sorted(set(units.values()))]
+    per_unit = math.prod(grid[1:])
+    units = {0.0: 0, **{c: context_split(grid, c)[0] for c in sorted(contexts)}}
+    scored_units = sorted(set(units.values()))
     device = next(gpt.parameters()).device
-    nll = []  # (B, windows) per batch
+    given, alone = [], []  # (B, contexts) per batch
     for i in tqdm(range(0, len(examples), batch), desc="redundancy", unit="batch", leave=False):
         x = torch.stack([e.pixels for e in examples[i:i + batch]]).to(device)
-        nll.append(example_nlls(gpt, tokenizer.encode(x).to(device), windows, target))
-    nll = torch.cat(nll) * BITS  # (examples, windows) bits
-    scored = (grid[0] - target) * math.prod(grid[1:]) - 1
+        g, a = example_nlls(gpt, tokenizer.encode(x).to(device), scored_units)
+        given.append(g)
+        alone.append(a)
+    given, alone = torch.cat(given) * BITS, torch.cat(alone) * BITS  # (examples, contexts) bits
     pixels = tokenizer.resolution ** 2 * (tokenizer.frames or 1)
     rates = {"token": 1.0, "pixel": math.prod(grid) / pixels}  # tokens per unit
     if fps is not None and tokenizer.kind == "video":
         rates["second"] = math.prod(grid) / (tokenizer.frames / fps)
-    per_token = nll / scored
     rows = []
-    for fraction, k in [(0.0, 0)] + sorted(units.items()):
-        j = windows.index(k)
-        info = (per_token[:, 0] - per_token[:, j]).tolist()
-        ratio = ratio_ci(nll[:, j].tolist(), nll[:, 0].tolist())  # H(Y | C_k) / H(Y)
-        row = {"context": fraction, "context_units": k, "target_units": grid[0] - target, "tokens_scored": scored,
-               "entropy_bits_per_token": bootstrap_ci(per_token[:, j].tolist()),
+    for fraction, k in units.items():
+        j = scored_units.index(k)
+        scored = (grid[0] - k) * per_unit - 1
+        h_given, h_alone = given[:, j] / scored, alone[:, j] / scored  # bits per token
+        ratio = ratio_ci(given[:, j].tolist(), alone[:, j].tolist())  # H(Y_k | C_k) / H(Y_k)
+        row = {"context": fraction, "context_units": k, "target_units": grid[0] - k, "tokens_scored": scored,
+               "entropy_bits_per_token": bootstrap_ci(h_given.tolist()),
+               "marginal_bits_per_token": bootstrap_ci(h_alone.tolist()),
                "redundancy": {"mean": one_minus(ratio["mean"]), "lo": one_minus(ratio["hi"]),
                               "hi": one_minus(ratio["lo"]), "n": ratio["n"]}}
         for unit, rate in rates.items():
-            row[f"information_bits_per_{unit}"] = bootstrap_ci([v * rate for v in info])
+            row[f"information_bits_per_{unit}"] = bootstrap_ci(((h_alone - h_given) * rate).tolist())
         rows.append(row)
     return rows

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, help="frames per clip, kind video (default: the preset's)")
     p.add_argument("--downsample", type=parse_downsample, metavar="T,H,W",
                    help="pixels per token along time, height, width; kind video (default: the preset's)")
+    p.add_argument("--padding", choices=["zeros", "replicate"],
+                   help="how convolutions see past borders: zeros (taming's, the presets') or replicate "
+                        "(a flat region gets one code everywhere: stable tokens)")
     p.add_argument("--codebook-size", type=int, help="number of codes, the GPT's vocabulary (default: the preset's)")
     p.add_argument("--restart-every", type=int, default=25,
                    help="steps between restarts of unused codes from recent encoder outputs; 0: never (default 25)")
@@ -90,7 +93,8 @@ def train_cmd(args: argparse.Namespace) -> int:
                       gan_start=args.gan_start, disc_weight=args.disc_weight, perceptual=args.perceptual,
                       sample_every=args.sample_every, ckpt_every=args.ckpt_every, max_minutes=args.max_minutes,
                       restart_every=args.restart_every, seed=args.seed, resume=args.resume,
-                      extra={k: v for k, v in (("downsample", args.downsample), ("n_embed", args.codebook_size)) if v})
+                      extra={k: v for k, v in (("downsample", args.downsample), ("n_embed", args.codebook_size),
+                                               ("padding", args.padding)) if v})
     last = train(cfg)
     if last.get("resumed_finished"):
         print(f"train-tokenizer: {args.out} already finished step {last['step']}; nothing to do")

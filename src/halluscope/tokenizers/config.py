@@ -14,6 +14,18 @@ from dataclasses import asdict, dataclass, field, fields
 from halluscope.errors import UserError
 
 
+# How convolutions see past a border. "zeros" is taming's (and every imported checkpoint's)
+# and trains fastest on a CPU. "replicate" gives a flat region the same code near a border, or
+# in the first and last latent frames, as in the middle: tokens that repeat when the picture
+# repeats, which token-level probes need (the demo uses it). The parameters are the same.
+PADDINGS = ("zeros", "replicate")
+
+
+def check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise UserError(f"tokenizer config: padding must be one of {PADDINGS}, got {padding!r}")
+
+
 @dataclass
 class VQGANConfig:
     """taming's VQModel: `ddconfig` fields plus `n_embed` / `embed_dim` (its YAML's names)."""
@@ -36,14 +48,10 @@ class VQGANConfig:
     # changes training, so imports keep taming's value and our own runs use the fixed one.
     legacy: bool = False
     quantizer: str = "vq"  # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only)
-    # "zeros" is taming's (and every imported checkpoint's). "replicate" gives a flat region the
-    # same code near a border as in the middle (stable tokens); taming's Downsample still pads
-    # its right and bottom edges with zeros.
-    padding: str = "zeros"
+    padding: str = "zeros"  # see PADDINGS
 
     def __post_init__(self) -> None:
-        if self.padding not in ("zeros", "replicate"):
-            raise UserError(f"tokenizer config: padding must be 'zeros' or 'replicate', got {self.padding!r}")
+        check_padding(self.padding)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -88,6 +96,7 @@ class VQGAN3DConfig:
     downsample: tuple[int, int, int] = (4, 4, 4)
     patch: tuple[int, int, int] = (1, 1, 1)
     mid_attention: bool = False  # attention over t*h*w latents: costly, off in the presets
+    padding: str = "zeros"  # see PADDINGS
     z_channels: int = 32
     embed_dim: int = 32
     n_embed: int = 512
@@ -96,6 +105,7 @@ class VQGAN3DConfig:
     legacy: bool = False
 
     def __post_init__(self) -> None:
+        check_padding(self.padding)
         self.level_strides()  # validate early, with the user's numbers in the message
 
     def level_strides(self) -> list[tuple[int, int, int]]:
@@ -154,15 +164,12 @@ def config_from_dict(d: dict):
 # Sized so that `tiny` trains to a useful quality within minutes on a laptop CPU (64² images,
 # 16-frame 64² clips); `small` and `base` are for a GPU and larger resolutions. Low-dimensional
 # codes (embed_dim 8) keep far more of a codebook in use than 32-dimensional ones early on.
-# Our own image VQGANs pad by replication: with taming's zero padding the borders reach deep
-# into a small latent grid, and even a blank 64² image maps to dozens of different codes.
 IMAGE_PRESETS = {
-    "tiny": dict(resolution=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256,
-                 padding="replicate"),
+    "tiny": dict(resolution=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256),
     "small": dict(resolution=128, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                  z_channels=64, embed_dim=64, n_embed=1024, padding="replicate"),
+                  z_channels=64, embed_dim=64, n_embed=1024),
     "base": dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
-                 z_channels=256, embed_dim=256, n_embed=1024, padding="replicate"),
+                 z_channels=256, embed_dim=256, n_embed=1024),
 }
 VIDEO_PRESETS = {
     "tiny": dict(resolution=64, frames=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, downsample=(4, 4, 4),

@@ -17,10 +17,9 @@ from halluscope.tokenizers.config import VQGAN3DConfig
 from halluscope.tokenizers.vqgan import VQTokenizer
 
 
-def conv3(c_in: int, c_out: int) -> nn.Conv3d:
-    # Replicate, not zero, padding: a still region then looks the same to the network in every
-    # frame and near every border, so it gets the same code wherever it is (stable tokens).
-    return nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode="replicate")
+def conv3(c_in: int, c_out: int, padding: str) -> nn.Conv3d:
+    """A 3×3×3 convolution keeping the size, padded as the config says (see config.PADDINGS)."""
+    return nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode=padding)
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -29,11 +28,11 @@ def norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock3D(nn.Module):
-    def __init__(self, c_in: int, c_out: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, cfg: VQGAN3DConfig):
         super().__init__()
-        self.norm1, self.conv1 = norm(c_in), conv3(c_in, c_out)
-        self.norm2, self.conv2 = norm(c_out), conv3(c_out, c_out)
-        self.dropout = nn.Dropout(dropout)
+        self.norm1, self.conv1 = norm(c_in), conv3(c_in, c_out, cfg.padding)
+        self.norm2, self.conv2 = norm(c_out), conv3(c_out, c_out, cfg.padding)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,23 +56,24 @@ class Attention3D(nn.Module):
 
 
 class Downsample3D(nn.Module):
-    def __init__(self, c: int, stride: tuple[int, int, int]):
+    def __init__(self, c: int, stride: tuple[int, int, int], padding: str):
         super().__init__()
         self.stride = stride
+        self.mode = "constant" if padding == "zeros" else padding  # F.pad's name for it
         self.conv = nn.Conv3d(c, c, 3, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Like taming's 2D Downsample: pad (0, 1) on a strided axis so a size halves exactly;
         # (1, 1) keeps an unstrided axis as it is. F.pad lists the last axis first.
         pad = [p for s in reversed(self.stride) for p in ((0, 1) if s == 2 else (1, 1))]
-        return self.conv(F.pad(x, pad, mode="replicate"))
+        return self.conv(F.pad(x, pad, mode=self.mode))
 
 
 class Upsample3D(nn.Module):
-    def __init__(self, c: int, scale: tuple[int, int, int]):
+    def __init__(self, c: int, scale: tuple[int, int, int], padding: str):
         super().__init__()
         self.scale = scale
-        self.conv = conv3(c, c)
+        self.conv = conv3(c, c, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
@@ -81,7 +81,7 @@ class Upsample3D(nn.Module):
 
 def middle(c: int, cfg: VQGAN3DConfig) -> nn.Sequential:
     attn = Attention3D(c) if cfg.mid_attention else nn.Identity()
-    return nn.Sequential(ResBlock3D(c, c, cfg.dropout), attn, ResBlock3D(c, c, cfg.dropout))
+    return nn.Sequential(ResBlock3D(c, c, cfg), attn, ResBlock3D(c, c, cfg))
 
 
 class Encoder3D(nn.Module):
@@ -90,18 +90,18 @@ class Encoder3D(nn.Module):
         self.patch = tuple(cfg.patch)
         pt, ph, pw = self.patch
         widths = [cfg.ch * m for m in cfg.ch_mult]
-        self.conv_in = conv3(cfg.in_channels * pt * ph * pw, cfg.ch)
+        self.conv_in = conv3(cfg.in_channels * pt * ph * pw, cfg.ch, cfg.padding)
         layers, c = [], cfg.ch
         strides = cfg.level_strides() + [None]
         for width, stride in zip(widths, strides):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock3D(c, width, cfg.dropout))
+                layers.append(ResBlock3D(c, width, cfg))
                 c = width
             if stride is not None:
-                layers.append(Downsample3D(c, stride))
+                layers.append(Downsample3D(c, stride, cfg.padding))
         self.down = nn.Sequential(*layers)
         self.mid = middle(c, cfg)
-        self.norm_out, self.conv_out = norm(c), conv3(c, cfg.z_channels)
+        self.norm_out, self.conv_out = norm(c), conv3(c, cfg.z_channels, cfg.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch
@@ -119,19 +119,19 @@ class Decoder3D(nn.Module):
         pt, ph, pw = self.patch
         widths = [cfg.ch * m for m in cfg.ch_mult]
         c = widths[-1]
-        self.conv_in = conv3(cfg.z_channels, c)
+        self.conv_in = conv3(cfg.z_channels, c, cfg.padding)
         self.mid = middle(c, cfg)
         layers = []
         strides = [None] + cfg.level_strides()[::-1]
         for width, stride in zip(widths[::-1], strides):
             if stride is not None:
-                layers.append(Upsample3D(c, stride))
+                layers.append(Upsample3D(c, stride, cfg.padding))
             for _ in range(cfg.num_res_blocks + 1):
-                layers.append(ResBlock3D(c, width, cfg.dropout))
+                layers.append(ResBlock3D(c, width, cfg))
                 c = width
         self.up = nn.Sequential(*layers)
         self.norm_out = norm(c)
-        self.conv_out = conv3(c, cfg.in_channels * pt * ph * pw)
+        self.conv_out = conv3(c, cfg.in_channels * pt * ph * pw, cfg.padding)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch
