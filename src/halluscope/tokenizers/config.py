@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 from halluscope.errors import UserError
 
-
 # How convolutions see past a border. "zeros" is taming's (and every imported checkpoint's)
 # and trains fastest on a CPU. "replicate" gives a flat region the same code near a border, or
 # in the first and last latent frames, as in the middle: tokens that repeat when the picture
