@@ -1,7 +1,12 @@
-"""Kill `train-tokenizer`, `tokenize`, `train-gpt` and `probe` with SIGKILL at random moments,
-resume each with --resume, and check after every kill that nothing on disk is unreadable, and
-at the end that every run finished, no step or probe record is duplicated, and the GPT's
-final weights equal those of an uninterrupted run (CPU, one thread).
+"""Kill `train-tokenizer`, `tokenize`, `train-gpt` and `probe` with SIGKILL at random moments
+of their work, resume each with --resume, and check after every kill that nothing on disk is
+unreadable, and at the end that every run finished, no step or probe record is duplicated,
+and the GPT's final weights equal those of an uninterrupted run (CPU, one thread).
+
+A kill lands a random delay after the run is seen making progress (its metrics, shards or
+records growing), not at a fixed time after start: on a fast machine a fixed moment falls
+after the work is done, on a slow one inside the imports. Runs are started again until the
+asked number of kills has landed, or a run finishes on its own (the work is done).
 
     .venv/bin/python scripts/kill_resume.py --kills 10          # the recorded run
     .venv/bin/python scripts/kill_resume.py --kills 2 --short   # what CI runs (tests/test_reliability_kill.py)
@@ -19,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -47,22 +53,36 @@ def halluscope(*args: str) -> list[str]:
     return [sys.executable, "-m", "halluscope", *args]
 
 
-def kill_and_resume(tally: Tally, argv: list[str], kills: int, window: tuple[float, float], check: Callable[[], None],
+def progress(path: Path) -> int:
+    """Bytes written so far to a file, or to every file under a folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def kill_and_resume(tally: Tally, argv: list[str], kills: int, watch: Path, jitter: float, check: Callable[[], None],
                     rng: random.Random) -> None:
-    """Start `argv` `kills` times, each SIGKILLed at a random moment in `window` seconds (if
-    still running), checking the files after each; then once more to the end."""
-    for _ in range(kills):
+    """Start `argv` until `kills` SIGKILLs have landed, each a random delay in [0, jitter) s after
+    `watch` grows, checking the files after each; then once more to the end."""
+    while tally.kills < kills:
+        before = progress(watch)
         process = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while process.poll() is None and progress(watch) == before:
+            time.sleep(0.02)
         try:
-            process.wait(timeout=rng.uniform(*window))
-            tally.finished_early += 1
+            process.wait(timeout=rng.uniform(0, jitter))
+            finished = True
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             tally.kills += 1
+            finished = False
         _, err = process.communicate()
         if process.returncode not in (0, -signal.SIGKILL):
             tally.problems.append(f"exit {process.returncode}: {err.decode()[-300:]}")
         run_check(tally, check)
+        if finished:  # the work is done: nothing left to kill
+            tally.finished_early += 1
+            break
     final = subprocess.run(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     if final.returncode != 0:
         tally.problems.append(f"final resume exited {final.returncode}: {final.stderr.decode()[-300:]}")
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for the runs (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
-    images, steps = (12, 12) if args.short else (24, 40)
+    images, steps = (12, 12) if args.short else (24, 100)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -109,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         kill_and_resume(tally, halluscope("train-tokenizer", "--kind", "image", "--data", str(work / "world"),
                                           "--out", str(tok), "--resolution", "32", "--steps", str(steps),
                                           "--batch", "4", "--ckpt-every", "2", "--sample-every", "1000", "--resume"),
-                        args.kills, (2.5, 6.0 if args.short else 14.0), check_tokenizer, rng)
+                        args.kills, tok / "metrics.jsonl", 1.0, check_tokenizer, rng)
         if problem := steps_once(tok / "metrics.jsonl", steps):
             tally.problems.append(problem)
         tallies.append(tally)
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = work / "cache"
         tally = Tally("tokenize")
         # A folder of its own, large enough that every one of the kills lands before the cache is done.
-        tokenize_images = images * (1 if args.short else 8)
+        tokenize_images = images * (1 if args.short else 16)
         write_world(ImageWorld(size=32, seed=1), work / "world-tokenize", tokenize_images)
 
         def check_cache() -> None:
@@ -129,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         kill_and_resume(tally, halluscope("tokenize", "--tokenizer", str(tok / "model"), "--data", str(work / "world-tokenize"),
                                           "--out", str(cache), "--shard-size", "2", "--batch", "2", "--resume"),
-                        args.kills, (2.5, 4.5), check_cache, rng)
+                        args.kills, cache, 0.05, check_cache, rng)
         manifest = read_json(cache / "manifest.json")
         sources = [s for shard in manifest["shards"] for s in shard["sources"]]
         if not manifest["complete"] or manifest["count"] != tokenize_images or len(set(sources)) != tokenize_images:
@@ -150,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
         kill_and_resume(tally, halluscope("train-gpt", "--tokens", str(cache), "--out", str(run), "--no-progress",
                                           "--resume", *[f"--{k.replace('_', '-')}={v}" for k, v in gpt_flags.items()]),
-                        args.kills, (2.5, 5.0 if args.short else 9.0), check_gpt, rng)
+                        args.kills, run / "metrics.jsonl", 0.3, check_gpt, rng)
         reference = train(TrainConfig(tokens=str(cache), out=str(work / "gpt-reference"), progress=False,
                                       **gpt_flags)).model.state_dict()
         resumed = load_gpt(run / "model").state_dict()
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         kill_and_resume(tally, halluscope("probe", "--gpt", str(run / "model"), "--data", str(work / "world"),
                                           "--context", ",".join(map(str, contexts)), "--samples", "2", "--batch", "2",
                                           "--grids", "0", "--out", str(probe), "--resume"),
-                        args.kills, (3.0, 6.0 if args.short else 9.0), check_records, rng)
+                        args.kills, probe / "records.jsonl", 1.0, check_records, rng)
         run_check(tally, check_records)
         records = read_jsonl(probe / "records.jsonl")
         if len(records) != images * len(contexts):

@@ -17,4 +17,5 @@ def test_killed_runs_resume_intact(tmp_path, capsys):
     assert kill_resume.main(["--kills", "2", "--short", "--work", str(tmp_path)]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     for command in ("train-tokenizer", "tokenize", "train-gpt", "probe"):
-        assert f"{command}: " in out and "0 problems" in out.split(f"{command}: ")[1].splitlines()[0]
+        line = out.split(f"{command}: ")[1].splitlines()[0]
+        assert "0 problems" in line and int(line.split()[0]) >= 1, line  # at least one kill landed mid-work
