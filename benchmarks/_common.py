@@ -53,7 +53,8 @@ def publish(name: str, argv: list[str] | None, result: dict, table: Callable[[di
     """Print the result's markdown table and write results/NAME.json with the machine and the
     exact command that produced it. Returns main's exit status."""
     print(table(result))
-    path = RESULTS / f"{name}.json"
+    # GPU figures sit beside the CPU ones instead of replacing them: NAME-gpu.json.
+    path = RESULTS / f"{name}{'-gpu' if torch.cuda.is_available() else ''}.json"
     command = " ".join(["python -m benchmarks", name, *(argv or [])])
     write_json(path, {"command": command, "machine": machine(), **result})
     print(f"\nwrote {path}")
@@ -70,6 +71,17 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> float:
     return best
 
 
+def synced(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn without gradients, returning only once a GPU has finished its work, so that a
+    timer around it measures the work and not the launch."""
+    def run() -> None:
+        with torch.no_grad():
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return run
+
+
 def side_by_side(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median seconds of each function over `rounds` rounds that run them in turn, so that a
     change in machine load hits every contender alike."""
@@ -80,10 +92,12 @@ def side_by_side(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul(device: torch.device | str = "cpu", size: int = 2048) -> tuple[Callable[[], object], float]:
-    """A large square matmul, fp32 on the CPU and bf16 on a GPU, and its FLOPs: timed beside
-    a benchmark, its rate is the machine's practical peak (the roofline)."""
+def matmul(device: torch.device | str = "cpu", size: int | None = None) -> tuple[Callable[[], object], float]:
+    """A large square matmul, fp32 2048² on the CPU and bf16 8192² on a GPU (a smaller one
+    would leave a GPU idle between launches), and its FLOPs: timed beside a benchmark, its
+    rate is the machine's practical peak (the roofline)."""
     device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
 

@@ -24,7 +24,7 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks._common import add_machine_args, publish, setup, timed
+from benchmarks._common import add_machine_args, publish, setup, synced, timed
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
 
@@ -39,9 +39,9 @@ def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, samples: int
     starts = np.linspace(length, length + steps - probe_steps, points).round().astype(int)
     per_step = []
     for start in starts:
-        longer = torch.randint(0, model.config.vocab_size, (1, int(start)))
-        per_step.append(timed(lambda: model.generate(longer, probe_steps, samples, use_cache=False, **sampling),
-                              repeats=2) / probe_steps)
+        longer = torch.randint(0, model.config.vocab_size, (1, int(start)), device=prefix.device)
+        run = synced(lambda: model.generate(longer, probe_steps, samples, use_cache=False, **sampling))
+        per_step.append(timed(run, repeats=2) / probe_steps)
     # Step i runs on a sequence of length+i tokens.
     return float(np.interp(np.arange(length, length + steps), starts, per_step).sum())
 

@@ -36,6 +36,7 @@ from benchmarks._common import (
     publish,
     setup,
     side_by_side,
+    synced,
 )
 from benchmarks.sampling_cache import uncached_estimate
 from halluscope.gpt.config import preset
@@ -69,14 +70,14 @@ def main(argv: list[str]) -> int:
     n, new, k = args.samples, args.new, args.top_k
 
     def ours(prompts: torch.Tensor, samples: int):
-        return lambda: model.generate(prompts, new, samples, top_k=k)
+        return synced(lambda: model.generate(prompts, new, samples, top_k=k))
 
     fns = {"ours": ours(prefix, n)}
     problem = peer_problem()
     if problem is None:
         peer = gpt2_like(config).to(device, dtype).eval()
-        fns["transformers"] = lambda: peer.generate(prefix, do_sample=True, top_k=k, max_new_tokens=new,
-                                                    num_return_sequences=n, use_cache=True)
+        fns["transformers"] = synced(lambda: peer.generate(prefix, do_sample=True, top_k=k, max_new_tokens=new,
+                                                           num_return_sequences=n, use_cache=True))
         peer.generate(prefix, do_sample=True, top_k=k, max_new_tokens=4, num_return_sequences=n)  # warm-up
     else:
         print(f"skipping the transformers column: {problem}")
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
     # The shape decoding actually multiplies: N rows through the widest weight (the MLP's).
     rows_in = torch.randn(max(args.sharing), config.n_embd, device=device, dtype=dtype)
     weight = torch.randn(config.n_embd, 4 * config.n_embd, device=device, dtype=dtype)
-    fns["decode-shaped matmul"] = lambda: [rows_in @ weight for _ in range(100)]
+    fns["decode-shaped matmul"] = synced(lambda: [rows_in @ weight for _ in range(100)])
     print(f"timing {len(fns)} runs x {args.rounds} rounds ...", flush=True)
     seconds = side_by_side(fns, args.rounds)
     naive = uncached_estimate(model, prefix, new, n, args.points, args.probe_steps, top_k=k)

@@ -48,7 +48,8 @@ def evaluate(tok, held_out, batch: int = 16) -> dict:
             "usage": used.float().mean().item(), "held_out": len(xs)}
 
 
-def run(kind: str, world, n_train: int, n_held_out: int, minutes: float, batch: int, root: Path) -> dict:
+def run(kind: str, world, n_train: int, n_held_out: int, minutes: float, batch: int, root: Path,
+        l2_weight: float = 1.0) -> dict:
     """Write the world, train the tiny preset for `minutes`, evaluate on unseen examples."""
     write_world(world, root / f"{kind}_train", n_train)
     # Held-out examples: world indices the training set never saw, through the same files.
@@ -56,13 +57,13 @@ def run(kind: str, world, n_train: int, n_held_out: int, minutes: float, batch: 
     write_world(held, root / f"{kind}_held_out", n_held_out)
     cfg = TrainConfig(kind=kind, data=str(root / f"{kind}_train"), out=str(root / f"{kind}_run"), preset="tiny",
                       steps=10**9, batch=batch, max_minutes=minutes, sample_every=10**9, ckpt_every=10**9,
-                      progress=False)
+                      progress=False, l2_weight=l2_weight)
     t0 = time.perf_counter()
     last = train(cfg)
     seconds = time.perf_counter() - t0
     tok = load_tokenizer(root / f"{kind}_run" / "model")
     result = evaluate(tok, open_dataset(root / f"{kind}_held_out", tok))
-    return {"kind": kind, "steps": last["step"], "train_seconds": round(seconds, 1), "batch": batch,
+    return {"kind": kind, "steps": last["step"], "train_seconds": round(seconds, 1), "batch": batch, "l2_weight": l2_weight,
             "grid": list(tok.grid), "vocab_size": tok.vocab_size, "train_psnr": last["psnr"], **result,
             "psnr_vs_reference_db": result["psnr"] - result["reference_psnr"],
             "targets": TARGETS[kind], "meets_targets": all(result[k] >= v for k, v in TARGETS[kind].items())}
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", choices=["image", "video"], default=["image", "video"])
     p.add_argument("--image-batch", type=int, default=8)
     p.add_argument("--video-batch", type=int, default=4)
+    p.add_argument("--l2-weight", type=float, default=1.0, help="squared-error weight of the training loss")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     worlds = {"image": (ImageWorld(size=64, seed=0), 2000, 200, args.image_batch),
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             world, n_train, n_held, batch = worlds[kind]
-            rows.append(run(kind, world, n_train, n_held, args.minutes, batch, Path(tmp)))
+            rows.append(run(kind, world, n_train, n_held, args.minutes, batch, Path(tmp), l2_weight=args.l2_weight))
     result = {"minutes": args.minutes, "threads": args.threads, "results": rows}
     return publish("tokenizer_quality", argv, result, table)
 
@@ -97,7 +99,8 @@ def table(result: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         target = ", ".join(f"{k} ≥ {v:g}" for k, v in r["targets"].items())
-        out.append(f"| tiny {r['kind']} (batch {r['batch']}) | {'×'.join(map(str, r['grid']))} | {r['steps']} "
+        recipe = f"batch {r['batch']}" + (f", L2 weight {r['l2_weight']:g}" if r.get("l2_weight", 1) != 1 else "")
+        out.append(f"| tiny {r['kind']} ({recipe}) | {'×'.join(map(str, r['grid']))} | {r['steps']} "
                    f"| {r['train_seconds']} | {r['psnr']:.2f} | {r['reference_psnr']:.2f} "
                    f"| {r['psnr_vs_reference_db']:+.2f} | {r['usage']:.1%} | {target} "
                    f"| {'yes' if r['meets_targets'] else '**no**'} |")

@@ -145,13 +145,16 @@ def test_cli_model_flags_reach_the_saved_config_and_bad_values_are_one_line(tmp_
     base = ["train-tokenizer", "--kind", "image", "--data", str(data), "--resolution", "32", "--steps", "1",
             "--batch", "2"]
     assert main(base + ["--out", str(tmp_path / "run"), "--padding", "replicate", "--codebook-size", "16",
-                        "--restart-every", "0"]) == 0
+                        "--restart-every", "0", "--l2-weight", "4", "--device", "cpu"]) == 0
     config = load_tokenizer(tmp_path / "run" / "model").config
     assert (config.padding, config.n_embed) == ("replicate", 16)
+    recipe = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert (recipe["l2_weight"], recipe["device"]) == (4.0, "cpu")
     capsys.readouterr()
     for flags, message in [(["--downsample", "4,8,8"], "--downsample is for clip tokenizers"),
                            (["--restart-every", "-1"], "--restart-every must be 0"),
-                           (["--codebook-size", "0"], "--codebook-size must be at least 1")]:
+                           (["--codebook-size", "0"], "--codebook-size must be at least 1")] + (
+                           [] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]):
         assert main(base + ["--out", str(tmp_path / "bad"), *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

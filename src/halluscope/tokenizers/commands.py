@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook-size", type=int, help="number of codes, the GPT's vocabulary (default: the preset's)")
     p.add_argument("--restart-every", type=int, default=25,
                    help="steps between restarts of unused codes from recent encoder outputs; 0: never (default 25)")
+    p.add_argument("--l2-weight", type=float, default=1.0,
+                   help="weight of the squared error added to the L1 reconstruction loss (default 1)")
     p.add_argument("--gan-start", type=int, help="switch the PatchGAN on at this step (default: no GAN)")
     p.add_argument("--disc-weight", type=float, default=0.5)
     p.add_argument("--perceptual", nargs="+", default=[], metavar="FILE",
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=train_cmd)
 
@@ -92,7 +95,8 @@ def train_cmd(args: argparse.Namespace) -> int:
                       batch=args.batch, lr=args.lr, resolution=args.resolution, frames=args.frames,
                       gan_start=args.gan_start, disc_weight=args.disc_weight, perceptual=args.perceptual,
                       sample_every=args.sample_every, ckpt_every=args.ckpt_every, max_minutes=args.max_minutes,
-                      restart_every=args.restart_every, seed=args.seed, resume=args.resume,
+                      restart_every=args.restart_every, seed=args.seed, resume=args.resume, device=args.device,
+                      l2_weight=args.l2_weight,
                       extra={k: v for k, v in (("downsample", args.downsample), ("n_embed", args.codebook_size),
                                                ("padding", args.padding)) if v})
     last = train(cfg)

@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    device: str | None = None  # None: cuda when available, else cpu
     extra: dict = field(default_factory=dict)  # model config overrides (tests, tuning)
 
 
@@ -104,15 +105,18 @@ class Trainer:
             sizes = {"resolution": cfg.resolution, **({"frames": cfg.frames} if cfg.kind == "video" else {})}
             model_config = preset(cfg.kind, cfg.preset, **{**sizes, **cfg.extra})
         self.data = open_dataset(cfg.data, model_config)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: this machine has no CUDA device")
 
         torch.manual_seed(cfg.seed)
-        self.model = build_tokenizer(model_config).train()
+        self.model = build_tokenizer(model_config).to(self.device).train()
         perceptual = None
         if cfg.perceptual:
             perceptual = Perceptual.from_files(cfg.perceptual)
         self.loss = TokenizerLoss(cfg.gan_start, cfg.disc_weight, perceptual=perceptual,
                                   perceptual_weight=cfg.perceptual_weight, resolution=model_config.resolution,
-                                  l2_weight=cfg.l2_weight)
+                                  l2_weight=cfg.l2_weight).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
         self.opt_d = None
         if self.loss.discriminator is not None:
@@ -126,7 +130,7 @@ class Trainer:
     def batch(self, indices) -> torch.Tensor:
         # A file that fails to decode is warned about by the data layer, which hands over
         # the next usable example instead.
-        return torch.stack([self.data[i] for i in indices])
+        return torch.stack([self.data[i] for i in indices]).to(self.device)
 
     # ------------------------------------------------------------------ checkpoints
 
