@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         # ---------------------------------------------------------------- tokenize
         cache = work / "cache"
         tally = Tally("tokenize")
-        # A folder of its own, large enough that every one of the kills lands before the cache is done.
-        tokenize_images = images * (1 if args.short else 16)
-        write_world(ImageWorld(size=32, seed=1), work / "world-tokenize", tokenize_images)
+        # A folder of its own, large enough that every one of the kills lands before the work is
+        # done (tokenize and probe make progress in small units, killed within a second).
+        large = images * (1 if args.short else 16)
+        write_world(ImageWorld(size=32, seed=1), work / "world-large", large)
 
         def check_cache() -> None:
             if (cache / "manifest.json").exists():
@@ -147,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 for shard in manifest["shards"]:
                     assert len(np.load(cache / shard["file"])) == shard["count"], shard["file"]
 
-        kill_and_resume(tally, halluscope("tokenize", "--tokenizer", str(tok / "model"), "--data", str(work / "world-tokenize"),
+        kill_and_resume(tally, halluscope("tokenize", "--tokenizer", str(tok / "model"), "--data", str(work / "world-large"),
                                           "--out", str(cache), "--shard-size", "2", "--batch", "2", "--resume"),
                         args.kills, cache, 0.05, check_cache, rng)
         manifest = read_json(cache / "manifest.json")
         sources = [s for shard in manifest["shards"] for s in shard["sources"]]
-        if not manifest["complete"] or manifest["count"] != tokenize_images or len(set(sources)) != tokenize_images:
+        if not manifest["complete"] or manifest["count"] != large or len(set(sources)) != large:
             tally.problems.append(f"cache: complete={manifest['complete']}, {manifest['count']} examples")
         tallies.append(tally)
 
@@ -191,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
                 keys = [(r["example"], r["context"], r["sampler"]) for r in read_jsonl(probe / "records.jsonl")]
                 assert len(keys) == len(set(keys)), "duplicate probe records"
 
-        kill_and_resume(tally, halluscope("probe", "--gpt", str(run / "model"), "--data", str(work / "world"),
+        kill_and_resume(tally, halluscope("probe", "--gpt", str(run / "model"), "--data", str(work / "world-large"),
                                           "--context", ",".join(map(str, contexts)), "--samples", "2", "--batch", "2",
                                           "--grids", "0", "--out", str(probe), "--resume"),
                         args.kills, probe / "records.jsonl", 1.0, check_records, rng)
         run_check(tally, check_records)
         records = read_jsonl(probe / "records.jsonl")
-        if len(records) != images * len(contexts):
-            tally.problems.append(f"probe: {len(records)} records, expected {images * len(contexts)}")
+        if len(records) != large * len(contexts):
+            tally.problems.append(f"probe: {len(records)} records, expected {large * len(contexts)}")
         tallies.append(tally)
 
     failed = False
