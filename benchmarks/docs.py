@@ -57,19 +57,22 @@ ceilings measured alongside: a matmul of decoding's own shape (16 rows through t
 weight), and the memory bandwidth (a sum over 512 MiB) against the bytes decoding must read
 (every weight at every step, the shared context's keys and values once per step, each row's
 own ones per row). **Where the 30% roofline target is missed, and why:** a torch.profiler
-trace of the whole N = 16 generation (`python -m benchmarks sampling_peers` setting, 1
-thread) puts 43% of the time in `bmm`, mostly the attention of each row's one query over its
-own cached keys: a matrix-vector product per head that streams the cache at ~8 GB/s
-(below the 20 GB/s a plain sum reaches, far below any matmul rate) — 27% in the linear
-layers (`addmm`, 16 rows each), 4% softmax, 3.5% copies, 3% sampling (top-k, multinomial),
-the rest small per-op costs of ~40 ops per layer per step. The linear layers alone could run
-at the decode-shaped matmul rate; the attention over row-specific keys cannot be shared
-across rows, and its arithmetic intensity (2 FLOPs per 4-byte key element) keeps it far from
-the matmul rate on any CPU. The fraction falls as the rows' own keys grow (about 23% over the
-first 128 new tokens in a shorter run, lower over all 512). The memory line shows decoding is
-not bandwidth-bound either: what would close the gap is fewer, fused ops per step (one
-decode-attention kernel per layer reading the cache once, or `torch.compile` of the decode
-step; CUDA graphs on a GPU), not yet done. With N = 1 sharing has nothing to share, so its
+trace of N = 16 samples, 64 decode steps after the 512-token context (small preset, 1 thread,
+this session; the other core was busy) gives 16 ms per step: 32% in the linear layers
+(`addmm`, 16 rows each), 21% in copies (most of it once, in the prefill, spreading the
+context's keys and values over the 16 rows of the cache), 15% in the attention matmuls
+(`bmm`), 4% each GELU and softmax, the rest in ~40 small ops per layer per step. The linear
+layers themselves are the limit: in place they run at 19 to 24 GFLOP/s, because each step
+reads every weight afresh from memory (an isolated loop over the model's 24 weight matrices,
+16 rows each, runs at 42 GFLOP/s; the decode-shaped matmul below, which keeps its one weight
+in cache, at 44 to 64) — already under the 25 GFLOP/s the target asks of the whole step. The
+memory line says the same from the other side: decoding is within a few times of reading its
+weights and cache once per step. What would close the gap is fewer bytes and fewer ops per
+step — more rows per weight read (N > 16), bf16 weights on a CPU that has bf16 arithmetic
+(this one has none: under bf16 autocast a clip-tokenizer training step ran 60x slower than in fp32),
+or one fused kernel per layer — not
+a different attention formula (rewriting the per-row attention as key-major matrix-vector
+products or einsum was slower or no faster in a microbenchmark). With N = 1 sharing has nothing to share, so its
 ratio is 1.0 up to noise."""),
     "decode_attention": ("Optimization: shared-prefix decode attention (before / after)", """\
 What changed: decoding (one new query per row against the KV cache) used torch's fused
@@ -97,8 +100,11 @@ parameters; the FLOPs are the same. The roofline fraction divides the useful FLO
 run the same attention kernel (torch SDPA), which on the CPU reaches about a third of the
 matmul rate (torch.profiler, 2 steps, 1 thread: flash-attention backward 28% and forward 11%
 of our step, the linear layers' matmuls 51%, everything else under 2% each), so neither can
-get far ahead of the other: the ratio sits at parity (0.99x to 1.05x over our runs), and
-whether it lands above or below 1.0 is within the machine's noise."""),
+get far ahead of the other: the ratio sits at parity (0.99x to 1.05x over earlier sessions'
+runs; 0.995x in this session's `make bench`, then 1.08x and 1.02x in two runs right after), and whether it
+lands above or below 1.0 is within the machine's noise. `torch.compile` (`train-gpt --compile`)
+does not move it: in two runs it took ~35 s to compile and then ran at 0.95x to 1.03x of the
+eager step, the attention kernels and matmuls being the same ones."""),
     "attention_memory": ("Attention memory: math vs memory-efficient backends", """\
 One causal attention call of the `small` preset's shape (batch 1, 8 heads of 32 dims),
 forward and backward, through `halluscope.gpt.attention.attend` with each backend: `math`
