@@ -69,11 +69,10 @@ in cache, at 44 to 64) — already under the 25 GFLOP/s the target asks of the w
 memory line says the same from the other side: decoding is within a few times of reading its
 weights and cache once per step. What would close the gap is fewer bytes and fewer ops per
 step — more rows per weight read (N > 16), bf16 weights on a CPU that has bf16 arithmetic
-(this one has none: under bf16 autocast a clip-tokenizer training step ran 60x slower than in fp32),
-or one fused kernel per layer — not
-a different attention formula (rewriting the per-row attention as key-major matrix-vector
-products or einsum was slower or no faster in a microbenchmark). With N = 1 sharing has nothing to share, so its
-ratio is 1.0 up to noise."""),
+(this one has none: under bf16 autocast a clip-tokenizer training step ran 60x slower than in
+fp32), or one fused kernel per layer — not a different attention formula (rewriting the
+per-row attention as key-major matrix-vector products or einsum was slower or no faster in a
+microbenchmark). With N = 1 sharing has nothing to share, so its ratio is 1.0 up to noise."""),
     "decode_attention": ("Optimization: shared-prefix decode attention (before / after)", """\
 What changed: decoding (one new query per row against the KV cache) used torch's fused
 `scaled_dot_product_attention`; it now uses `attention.attend_decode`, which reads the keys and
@@ -101,8 +100,8 @@ run the same attention kernel (torch SDPA), which on the CPU reaches about a thi
 matmul rate (torch.profiler, 2 steps, 1 thread: flash-attention backward 28% and forward 11%
 of our step, the linear layers' matmuls 51%, everything else under 2% each), so neither can
 get far ahead of the other: the ratio sits at parity (0.99x to 1.05x over earlier sessions'
-runs; 0.995x in this session's `make bench`, then 1.08x and 1.02x in two runs right after), and whether it
-lands above or below 1.0 is within the machine's noise. `torch.compile` (`train-gpt --compile`)
+runs; 0.995x in this session's `make bench`, then 1.08x and 1.02x in two runs right after),
+and whether it lands above or below 1.0 is within the machine's noise. `torch.compile` (`train-gpt --compile`)
 does not move it: in two runs it took ~35 s to compile and then ran at 0.95x to 1.03x of the
 eager step, the attention kernels and matmuls being the same ones."""),
     "attention_memory": ("Attention memory: math vs memory-efficient backends", """\
