@@ -114,6 +114,18 @@ def test_bad_files_are_skipped_and_listed(tmp_path, tokenizer):
     assert tokenize(tmp_path / "no_tokenizer", data, tmp_path / "other") == 2
 
 
+def test_device_flag_encodes_on_the_cpu_and_refuses_a_missing_gpu(tmp_path, tokenizer, capsys):
+    data = tmp_path / "data"
+    write_world(ImageWorld(size=64, seed=1), data, 3)
+    assert tokenize(tokenizer, data, tmp_path / "cache", "--device", "cpu") == 0
+    assert TokenCache(tmp_path / "cache").manifest["count"] == 3
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert tokenize(tokenizer, data, tmp_path / "other", "--device", "cuda") == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and err.count("\n") == 1
+
+
 def test_image_tokenizer_tokenizes_clips_frame_by_frame(tmp_path, tokenizer):
     clips = tmp_path / "clips"
     write_world(VideoWorld(size=32, frames=4, seed=0), clips, 2)

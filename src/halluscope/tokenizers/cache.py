@@ -21,7 +21,7 @@ from halluscope.errors import UserError
 from halluscope.io import CONFIG_NAME, WEIGHTS_NAME, read_json, write_json
 from halluscope.tokenizers.datasets import open_dataset
 from halluscope.tokenizers.framewise import Framewise
-from halluscope.tokenizers.load import load_tokenizer
+from halluscope.tokenizers.load import load_tokenizer, pick_device
 from halluscope.tokenizers.vqgan import VQGAN
 
 # Fields that must agree between an unfinished cache and the run resuming it.
@@ -43,9 +43,11 @@ def tokenizer_hash(folder: str | os.PathLike) -> str:
 
 
 def tokenize(tokenizer_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, batch: int = 32,
-             shard_size: int = 4096, resume: bool = False, frames: int | None = None, progress: bool = True) -> dict:
+             shard_size: int = 4096, resume: bool = False, frames: int | None = None, progress: bool = True,
+             device: str | None = None) -> dict:
     """Encode every example of the folder `data` into a cache at `out`; return the manifest.
-    `frames` turns an image tokenizer into a framewise clip tokenizer for a video folder."""
+    `frames` turns an image tokenizer into a framewise clip tokenizer for a video folder;
+    `device` is where the encoder runs (default: CUDA when there is one)."""
     out = Path(out)
     existing = None
     if (out / MANIFEST).exists():
@@ -57,11 +59,13 @@ def tokenize(tokenizer_dir: str | os.PathLike, data: str | os.PathLike, out: str
         check_same(out, existing, quick)  # without scanning the data folder: a finished cache costs nothing
         print(f"tokenize: {out} is already complete ({existing['count']} examples); nothing to do")
         return existing
+    device = pick_device(device)
     tok = load_tokenizer(tokenizer_dir)
     if frames is not None:
         if not isinstance(tok, VQGAN):
             raise UserError("--frames applies to image tokenizers only (they then tokenize clips frame by frame)")
         tok = Framewise.wrap(tok, frames).eval()
+    tok = tok.to(device)
     ds = open_dataset(data, tok)
     header = {
         "version": VERSION, "kind": tok.kind, "grid": list(tok.grid), "vocab_size": tok.vocab_size,
@@ -117,7 +121,8 @@ def encode_range(tok, ds, indices: range, batch: int, bar: tqdm) -> tuple[np.nda
 
     def flush():
         if pending:
-            chunks.append(tok.encode(torch.stack([x for _, x in pending])).numpy().astype(token_dtype(tok.vocab_size)))
+            x = torch.stack([x for _, x in pending]).to(next(tok.parameters()).device)
+            chunks.append(tok.encode(x).cpu().numpy().astype(token_dtype(tok.vocab_size)))
             sources.extend(s for s, _ in pending)
             pending.clear()
 

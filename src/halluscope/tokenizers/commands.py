@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=4096, help="examples per shard")
     p.add_argument("--frames", type=int, help="tokenize clips of this many frames with an image tokenizer, frame by frame")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where the encoder runs (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted cache (a finished one is left alone)")
     p.set_defaults(func=tokenize_cmd)
 
@@ -114,7 +115,7 @@ def tokenize_cmd(args: argparse.Namespace) -> int:
     for name in ("batch", "shard_size", "frames"):
         positive(name.replace("_", "-"), getattr(args, name))
     manifest = tokenize(args.tokenizer, args.data, args.out, batch=args.batch, shard_size=args.shard_size,
-                        resume=args.resume, frames=args.frames)
+                        resume=args.resume, frames=args.frames, device=args.device)
     print(f"tokenize: {manifest['count']} examples, grid {tuple(manifest['grid'])}, "
           f"{len(manifest['skipped'])} skipped; cache in {args.out}")
     return 0

@@ -27,7 +27,7 @@ from halluscope.io import atomic_path, drop_records_after, write_json
 from halluscope.tokenizers.codebook import CodebookTracker
 from halluscope.tokenizers.config import config_from_dict, config_to_dict, preset
 from halluscope.tokenizers.datasets import open_dataset
-from halluscope.tokenizers.load import Tokenizer, build_tokenizer, save_tokenizer
+from halluscope.tokenizers.load import Tokenizer, build_tokenizer, pick_device, save_tokenizer
 from halluscope.tokenizers.losses import TokenizerLoss, psnr
 from halluscope.tokenizers.perceptual import Perceptual
 
@@ -105,9 +105,7 @@ class Trainer:
             sizes = {"resolution": cfg.resolution, **({"frames": cfg.frames} if cfg.kind == "video" else {})}
             model_config = preset(cfg.kind, cfg.preset, **{**sizes, **cfg.extra})
         self.data = open_dataset(cfg.data, model_config)
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: this machine has no CUDA device")
+        self.device = pick_device(cfg.device)
 
         torch.manual_seed(cfg.seed)
         self.model = build_tokenizer(model_config).to(self.device).train()
