@@ -9,6 +9,7 @@ import importlib
 import sys
 
 from halluscope import __version__
+from halluscope.device import pick_device
 from halluscope.errors import UserError
 
 COMMAND_MODULES = (
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "device"):  # every command's --device, checked once (see halluscope.device)
+            args.device = str(pick_device(args.device))
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"halluscope {args.command}: error: {e}", file=sys.stderr)

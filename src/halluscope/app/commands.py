@@ -30,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def app_command(args: argparse.Namespace) -> int:
     # Imported here: gradio takes seconds to import, and every other command would pay for it.
-    from halluscope.app.models import ModelStore, default_device
+    from halluscope.app.models import ModelStore
     from halluscope.app.ui import launch
 
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {args.concurrency}")
-    store = ModelStore(args.models, args.device or default_device())
+    store = ModelStore(args.models, args.device)
     print(f"models under {store.root}: {', '.join(store.names)}")
     try:
         launch(store, args.cache or default_cache(), host=args.host, port=args.port, share=args.share,

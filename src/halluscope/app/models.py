@@ -11,8 +11,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.model import GPT
@@ -99,7 +97,3 @@ class ModelStore:
                 check_pair(gpt, tokenizer)
                 self.loaded[name] = Model(name, gpt, tokenizer)
             return self.loaded[name]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,11 +17,12 @@ import torch
 from tqdm import tqdm
 
 from halluscope.data.token_cache import MANIFEST, VERSION, token_dtype, write_shard
+from halluscope.device import pick_device
 from halluscope.errors import UserError
 from halluscope.io import CONFIG_NAME, WEIGHTS_NAME, read_json, write_json
 from halluscope.tokenizers.datasets import open_dataset
 from halluscope.tokenizers.framewise import Framewise
-from halluscope.tokenizers.load import load_tokenizer, pick_device
+from halluscope.tokenizers.load import load_tokenizer
 from halluscope.tokenizers.vqgan import VQGAN
 
 # Fields that must agree between an unfinished cache and the run resuming it.

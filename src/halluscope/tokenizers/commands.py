@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=train_cmd)
 
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=4096, help="examples per shard")
     p.add_argument("--frames", type=int, help="tokenize clips of this many frames with an image tokenizer, frame by frame")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="where the encoder runs (default: cuda when available)")
+    p.add_argument("--device", help="where the encoder runs: cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted cache (a finished one is left alone)")
     p.set_defaults(func=tokenize_cmd)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from halluscope.errors import UserError
@@ -17,14 +16,6 @@ from halluscope.tokenizers.vqgan import VQGAN
 from halluscope.tokenizers.vqgan3d import VQGAN3D
 
 Tokenizer = VQGAN | VQGAN3D | Framewise
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The device a command runs on: `name` ("cpu" | "cuda"), or CUDA when there is one."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: this machine has no CUDA device")
-    return device
 
 
 def build_tokenizer(config: VQGANConfig | FramewiseConfig | VQGAN3DConfig) -> Tokenizer:

@@ -22,12 +22,13 @@ import torch
 from tqdm import tqdm
 
 from halluscope.data import write_clip_grid, write_image_grid
+from halluscope.device import pick_device
 from halluscope.errors import UserError
 from halluscope.io import atomic_path, drop_records_after, write_json
 from halluscope.tokenizers.codebook import CodebookTracker
 from halluscope.tokenizers.config import config_from_dict, config_to_dict, preset
 from halluscope.tokenizers.datasets import open_dataset
-from halluscope.tokenizers.load import Tokenizer, build_tokenizer, pick_device, save_tokenizer
+from halluscope.tokenizers.load import Tokenizer, build_tokenizer, save_tokenizer
 from halluscope.tokenizers.losses import TokenizerLoss, psnr
 from halluscope.tokenizers.perceptual import Perceptual
 
