@@ -49,8 +49,9 @@ BATCH = 4
 
 
 def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 5) -> float:
-    """Median wall seconds of a training step (forward, loss, backward, Adam) of one variant on
-    the CPU, on random clips: the price of a step within the 5-minute CPU budget."""
+    """Wall seconds of a training step (forward, loss, backward, Adam) of one variant on the
+    CPU, on random clips: the lower median of the steps after the first (a warm-up), the price
+    of a step within the 5-minute CPU budget."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_tokenizer(preset("video", "tiny", **VARIANTS[name][0])).train()

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--concurrency", type=int, default=2, help="requests run at once; others queue (default 2)")
     p.add_argument("--cache", default=None, help=f"folder for examples and request files (default {default_cache()})")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=app_command)
 
 

@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cond", type=parse_ints, help="condition tokens of a class-conditional GPT, e.g. 3 or 3,7")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one the GPT config names)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=sample_command)
 
 
@@ -116,7 +116,7 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grids", type=int, default=2, help="examples whose sample grids are written (default 2)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
     p.add_argument("--resume", action="store_true", help="keep the records already in --out and add the missing ones")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=probe_command)
 
     r = subparsers.add_parser("probe-report", help="one report.html over several probe runs (e.g. images vs clips)")
@@ -225,7 +225,7 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction shown to the model before scoring; the rest is scored (default 0.5)")
     p.add_argument("--out", required=True, help="folder for recognition.json / .jsonl and roc.png")
     p.add_argument("--limit", type=int, help="use only the first N pairs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=recognition_command)
 
 
@@ -269,7 +269,7 @@ def register_redundancy(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N examples of each folder")
     p.add_argument("--fps", type=float, help="frame rate of media clips, for bits per second (worlds know theirs)")
     p.add_argument("--out", required=True, help="folder for redundancy.json and redundancy.png")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=redundancy_command)
 
 
