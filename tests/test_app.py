@@ -146,6 +146,21 @@ def test_example_and_sweep(server):
     assert plot is not None
 
 
+def test_an_unexpected_failure_is_one_line_without_its_details():
+    import gradio as gr
+
+    from halluscope.app.ui import readable_errors
+
+    @readable_errors
+    def handler():
+        raise RuntimeError("cannot open /srv/secret/model.safetensors")
+
+    with pytest.raises(gr.Error) as e:
+        handler()
+    assert e.value.message == ("the server could not complete this request (RuntimeError); "
+                               "its log has the details")
+
+
 def test_cli_refuses_a_folder_without_models(tmp_path, capsys):
     assert main(["app", "--models", str(tmp_path / "missing")]) == 2
     assert "models folder not found" in capsys.readouterr().err

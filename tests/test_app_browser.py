@@ -32,18 +32,19 @@ def browser():
 
 
 def test_upload_sample_sweep_and_see_the_results(browser, tmp_path):
-    from test_app import make_model, serve  # the same tiny models and server as the API tests
+    from app_user import app_as_user  # started as the README says: default cache, another directory
+    from test_app import make_model  # the same tiny models as the API tests
 
     make_model(tmp_path / "models", "image")
     image = tmp_path / "world.png"
     ImageWorld(size=32).write(ImageWorld(size=32).example(3)[0], image)
-    with serve(tmp_path) as url:
+    with app_as_user(tmp_path / "models", tmp_path) as (url, _, _):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         try:
             page.goto(url, wait_until="networkidle")
             assert "halluscope" in page.title()
             page.locator("#upload input[type=file]").set_input_files(str(image))
-            page.locator("#upload").get_by_text("world.png").wait_for(timeout=20_000)
+            page.locator("#upload").get_by_text("world.png").wait_for(timeout=60_000)
             page.locator("#sample").click()
             thumbnails = page.locator("#gallery img")
             thumbnails.first.wait_for(timeout=60_000)

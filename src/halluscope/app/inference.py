@@ -35,6 +35,7 @@ EXAMPLES = 6  # world examples written for each model shape
 GIF_FPS = 8
 DISPLAY_PX = 192  # small model inputs (32², 64²) are enlarged to at least this for the page
 SWEEP_POINTS = 8  # most context sizes one sweep tries
+OUTPUTS = "outputs"  # the cache's folder of request files (the page serves it)
 KEEP_OUTPUTS_S = 3600  # request folders older than this are removed when a new one is made
 
 
@@ -107,7 +108,7 @@ def example_files(model: Model, cache: Path) -> list[Path]:
 
 def request_dir(cache: Path) -> Path:
     """A new folder for one request's files; folders older than KEEP_OUTPUTS_S are removed."""
-    root = cache / "outputs"
+    root = cache / OUTPUTS
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
         with contextlib.suppress(FileNotFoundError):  # another request may be removing it too

@@ -3,11 +3,14 @@ choose how much of it the model sees, and look at N continuations beside the gro
 with the probes' numbers, the entropy heat map and, on demand, a context sweep.
 
 Every handler turns a UserError into a gr.Error, so a bad upload or setting shows as one
-readable line on the page (and in an API client's exception), never as a traceback."""
+readable line on the page (and in an API client's exception), never as a traceback; any other
+failure is logged on the server and reaches the client as one line without its details (they
+may hold the server's paths)."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -23,14 +26,22 @@ INTRO = ("Give the model the top rows of an image or the first frames of a clip 
          "and the match rate with the context you give.")
 
 
+log = logging.getLogger(__name__)
+
+
 def readable_errors(fn):
-    """Run a handler, showing a user's mistake as a gr.Error message."""
+    """Run a handler, showing a user's mistake as a gr.Error message and anything else as one
+    line that names no server path (the traceback goes to the server's log)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
             raise gr.Error(str(e)) from None
+        except Exception as e:
+            log.exception("request failed in %s", fn.__name__)
+            raise gr.Error(f"the server could not complete this request ({type(e).__name__}); "
+                           "its log has the details") from None
     return wrapper
 
 
@@ -169,10 +180,16 @@ def launch(store: ModelStore, cache: str | os.PathLike, host: str = "127.0.0.1",
            share: bool = False, concurrency: int = 2, block: bool = True) -> gr.Blocks:
     """Serve the page. At most `concurrency` requests run at once (the rest wait in a queue of
     at most 64), so several users cannot exhaust memory. `block=False` returns at once
-    (tests, benchmarks); call `.close()` on the result to stop it."""
+    (tests, benchmarks); call `.close()` on the result to stop it.
+
+    gradio serves files only from its own folders, the working directory, the system temp
+    folder and `allowed_paths`: the cache's examples and request outputs are allowed by name,
+    wherever the cache lies, and nothing else of it. show_error stays off, so an exception
+    outside a handler reaches a client without its text (which may name server paths)."""
     demo = build(store, cache)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=True,
-                allowed_paths=[str(Path(cache).resolve() / "examples")], max_file_size=f"{inference.MAX_UPLOAD_MB}mb",
+    served = [str(Path(cache).resolve() / part) for part in ("examples", inference.OUTPUTS)]
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=False,
+                allowed_paths=served, max_file_size=f"{inference.MAX_UPLOAD_MB}mb",
                 ssr_mode=False, quiet=not block, footer_links=["api"])
     return demo
