@@ -14,8 +14,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
-from halluscope.probes.context import context_split
-from halluscope.probes.sample import hide_continuation
+from halluscope.probes.context import context_split, shown
 from halluscope.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
 
@@ -57,11 +56,11 @@ def test_context_split_keeps_whole_rows_or_frames():
 
 def test_hidden_part_is_grey():
     image = torch.ones(3, 32, 32)
-    shown = hide_continuation(image, (8, 8), 3)
-    assert shown[:, :12].eq(1).all() and shown[:, 12:].eq(0).all()
-    clip = torch.ones(3, 8, 4, 4)
-    shown = hide_continuation(clip, (2, 1, 1), 1)
-    assert shown[:, :4].eq(1).all() and shown[:, 4:].eq(0).all()
+    seen = shown(image, (8, 8), 3)
+    assert seen[:, :12].eq(1).all() and seen[:, 12:].eq(0).all() and image.eq(1).all()
+    clip = torch.ones(2, 3, 8, 4, 4)  # a batch of clips
+    seen = shown(clip, (2, 1, 1), 1)
+    assert seen[:, :, :4].eq(1).all() and seen[:, :, 4:].eq(0).all()
 
 
 def test_sample_on_a_world_image(tmp_path, capsys):

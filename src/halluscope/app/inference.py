@@ -26,8 +26,8 @@ from halluscope.data.videos import VIDEO_SUFFIXES
 from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_sampling
 from halluscope.probes import calibration, metrics
-from halluscope.probes.probe import cut
-from halluscope.probes.sample import Continuations, continue_example, hide_continuation
+from halluscope.probes.context import check_encoding, cut, shown
+from halluscope.probes.sample import Continuations, continue_example
 
 MAX_UPLOAD_MB = 64
 MAX_SAMPLES = 16
@@ -46,11 +46,13 @@ class Settings:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     seed: int = 0
+    encoding: str = "visible"  # how the context is encoded (probes/context.py)
 
     def check(self) -> None:
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise UserError(f"number of samples must be between 1 and {MAX_SAMPLES}, got {self.samples}")
         check_sampling(self.temperature, self.top_k or None, self.top_p)
+        check_encoding(self.encoding)
 
     def sample(self, model: Model, x: torch.Tensor, units: int, progress: bool = False) -> Continuations:
         """N continuations of x given its first `units` token rows / latent frames."""
@@ -58,7 +60,7 @@ class Settings:
         generator = torch.Generator(next(model.gpt.parameters()).device).manual_seed(self.seed)
         return continue_example(model.gpt, model.tokenizer, x, units / model.grid[0], self.samples, self.temperature,
                                 self.top_k or None, self.top_p if self.top_p < 1 else None, generator,
-                                progress=progress)
+                                progress=progress, encoding=self.encoding)
 
 
 def read_input(path: str | os.PathLike | None, model: Model) -> torch.Tensor:
@@ -129,8 +131,9 @@ def write_media(x: torch.Tensor, path: Path) -> str:
 
 
 def preview(x: torch.Tensor, model: Model, units: int, out: Path) -> str:
-    """What the model will be shown for `units` of context: the rest greyed out."""
-    return write_media(hide_continuation(x, model.grid, units), out / "context")
+    """The pixels the model will be shown for `units` of context, the rest greyed out (what the
+    visible encoding encodes)."""
+    return write_media(shown(x, model.grid, units), out / "shown")
 
 
 @dataclass
@@ -147,7 +150,7 @@ class Outputs:
 def sample_request(model: Model, x: torch.Tensor, units: int, settings: Settings, out: Path) -> Outputs:
     result = settings.sample(model, x, units, progress=True)
     rows, entropy = measure(model, result)
-    return Outputs(context=preview(result.truth, model, units, out), truth=write_media(result.truth, out / "truth"),
+    return Outputs(context=write_media(result.seen, out / "context"), truth=write_media(result.truth, out / "truth"),
                    reconstruction=write_media(result.reconstruction, out / "reconstruction"),
                    samples=[write_media(s, out / f"sample-{i}") for i, s in enumerate(result.samples)],
                    metrics=rows, entropy=entropy_plot(model, result, entropy, out / "entropy.png"))
@@ -157,8 +160,8 @@ def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
     """The probe metrics of one request as table rows (metric, value, what it means), and the
     predictive entropy along the ground truth at each position (*grid), NaN over the context."""
     n_ctx = r.context_tokens
-    truth = r.truth_tokens.flatten()  # (L,)
     tokens = r.tokens.flatten(1)  # (N, L)
+    truth = torch.cat([tokens[0, :n_ctx], r.truth_tokens.flatten()[n_ctx:]])  # (L,) the given context, then the truth
     m = metrics.token_metrics(truth[n_ctx:], tokens[:, n_ctx:])
     scored = model.gpt.score(torch.cat([truth[None], tokens]), n_ctx)  # row 0: the truth
     m.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
@@ -222,7 +225,8 @@ def sweep(model: Model, x: torch.Tensor, settings: Settings, progress=None) -> F
         if progress is not None:
             progress(i / len(points), desc=f"context {u}/{units} {model.unit_name}")
         r = settings.sample(model, x, u)
-        m = metrics.token_metrics(r.truth_tokens.flatten()[r.context_tokens:], r.tokens.flatten(1)[:, r.context_tokens:])
+        m = metrics.token_metrics(r.truth_tokens.flatten()[r.context_tokens:],
+                                  r.tokens.flatten(1)[:, r.context_tokens:])
         mean.append(m["match_mean"])
         best.append(m["match_best"])
     fractions = [u / units for u in points]

@@ -56,9 +56,10 @@ def slider_settings(model: Model) -> dict:
 
 
 def sampling_settings(samples: float, temperature: float, top_k: float | None, top_p: float,
-                      seed: float | None) -> inference.Settings:
+                      seed: float | None, encoding: str = "visible") -> inference.Settings:
     """The page's sampling widgets as checked Settings (numbers arrive as floats, empty as None)."""
-    settings = inference.Settings(int(samples), float(temperature), int(top_k or 0), float(top_p), int(seed or 0))
+    settings = inference.Settings(int(samples), float(temperature), int(top_k or 0), float(top_p), int(seed or 0),
+                                  encoding)
     settings.check()
     return settings
 
@@ -108,9 +109,10 @@ class App:
 
     @readable_errors
     def on_sample(self, name: str, upload: str | None, units: float, samples: float, temperature: float,
-                  top_k: float, top_p: float, seed: float, progress=gr.Progress(track_tqdm=True)):
+                  top_k: float, top_p: float, seed: float, encoding: str = "visible",
+                  progress=gr.Progress(track_tqdm=True)):
         model = self.store.get(name)
-        settings = sampling_settings(samples, temperature, top_k, top_p, seed)
+        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding)
         progress(0.0, desc="reading the input")
         x = inference.read_input(upload, model)
         progress(0.1, desc="sampling")
@@ -120,9 +122,9 @@ class App:
 
     @readable_errors
     def on_sweep(self, name: str, upload: str | None, samples: float, temperature: float, top_k: float,
-                 top_p: float, seed: float, progress=gr.Progress()):
+                 top_p: float, seed: float, encoding: str = "visible", progress=gr.Progress()):
         model = self.store.get(name)
-        settings = sampling_settings(samples, temperature, top_k, top_p, seed)
+        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding)
         x = inference.read_input(upload, model)
         return inference.sweep(model, x, settings, progress)
 
@@ -143,7 +145,7 @@ def build(store: ModelStore, cache: str | os.PathLike) -> gr.Blocks:
                 example = gr.Dropdown(list(app.examples(first)), value=None, label=f"… or pick a world example "
                                       f"({first.kind})", elem_id="example")
                 context = gr.Slider(**slider_settings(first), elem_id="context")
-                shown = gr.Image(label="what the model sees (hidden part greyed)", type="filepath",
+                shown = gr.Image(label="the pixels the model is shown (the rest grey)", type="filepath",
                                  interactive=False, height=220)
                 with gr.Accordion("sampling", open=True):
                     samples = gr.Slider(1, inference.MAX_SAMPLES, value=4, step=1, label="samples")
@@ -151,12 +153,16 @@ def build(store: ModelStore, cache: str | os.PathLike) -> gr.Blocks:
                     top_k = gr.Number(0, label="top-k (0: off)", precision=0, minimum=0)
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1: off)")
                     seed = gr.Number(0, label="seed", precision=0)
+                    encoding = gr.Radio(["visible", "full"], value="visible", label="context encoding",
+                                        info="visible: only the shown pixels are encoded, so the context cannot "
+                                             "leak the answer; full: the whole input (the peers' practice)")
                 with gr.Row():
                     run = gr.Button("Sample", variant="primary", elem_id="sample")
                     sweep = gr.Button("Sweep context", elem_id="sweep")
             with gr.Column(scale=2):
                 with gr.Row():
-                    context_out = gr.Image(label="context", type="filepath", interactive=False, height=200)
+                    context_out = gr.Image(label="what the model saw (its context tokens decoded)", type="filepath",
+                                           interactive=False, height=200)
                     truth_out = gr.Image(label="ground truth", type="filepath", interactive=False, height=200)
                     recon_out = gr.Image(label="reconstruction (tokenizer)", type="filepath", interactive=False, height=200)
                 gallery = gr.Gallery(label="continuations", columns=4, elem_id="gallery", height="auto")
@@ -169,7 +175,7 @@ def build(store: ModelStore, cache: str | os.PathLike) -> gr.Blocks:
         example.change(app.on_example, [model, example], upload, api_name="example")
         for trigger in (upload.change, context.release):
             trigger(app.on_preview, [model, upload, context], shown, show_progress="hidden", api_name=False)
-        settings = [samples, temperature, top_k, top_p, seed]
+        settings = [samples, temperature, top_k, top_p, seed, encoding]
         run.click(app.on_sample, [model, upload, context, *settings],
                   [context_out, truth_out, recon_out, gallery, table, entropy], api_name="sample")
         sweep.click(app.on_sweep, [model, upload, *settings], plot, api_name="sweep")

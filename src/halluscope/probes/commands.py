@@ -16,17 +16,24 @@ import torch
 
 from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
-from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.sampling import check_sampling
 from halluscope.io import atomic_path, read_json, write_json
-from halluscope.probes.context import context_split
+from halluscope.probes.context import ENCODINGS, context_split, decode_context
 from halluscope.probes.probe import ProbeConfig, run_probe
 from halluscope.probes.recognition import load_pairs, recognition
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.report import plot_roc, slug, write_redundancy, write_report
-from halluscope.probes.sample import check_pair, continue_example, write_continuations, write_panels
+from halluscope.probes.sample import check_pair, continue_example, load_pair, write_continuations, write_panels
 from halluscope.probes.samplers import GPTSampler, OracleSampler, load_examples
 from halluscope.tokenizers import load_tokenizer
+
+ENCODING_HELP = ("how the context's tokens are encoded: visible (default) encodes only the pixels the model is "
+                 "shown, the rest painted grey, so they cannot leak the answer; full encodes the whole example and "
+                 "keeps its first rows / latent frames (the peers' practice: leaks when the tokenizer is not causal)")
+
+
+def add_encoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--context-encoding", choices=ENCODINGS, default="visible", help=ENCODING_HELP)
 
 
 def parse_ints(text: str) -> list[int]:
@@ -61,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cond", type=parse_ints, help="condition tokens of a class-conditional GPT, e.g. 3 or 3,7")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one the GPT config names)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
+    add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=sample_command)
 
@@ -69,20 +77,16 @@ def sample_command(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
     check_sampling(args.temperature, args.top_k, args.top_p)  # before minutes of loading and encoding
-    gpt = load_gpt(args.gpt, device=args.device)
-    tokenizer_dir = args.tokenizer or gpt.config.tokenizer
-    if tokenizer_dir is None:
-        raise UserError(f"the GPT config in {args.gpt} names no tokenizer; pass --tokenizer DIR")
-    tokenizer = load_tokenizer(tokenizer_dir).to(args.device)
+    gpt, tokenizer = load_pair(args.gpt, args.tokenizer, args.device)
     if tokenizer.kind == "image":
         x = load_image(args.input, tokenizer.resolution)
     else:
         x = load_clip(args.input, tokenizer.resolution, tokenizer.frames)
     generator = torch.Generator(args.device).manual_seed(args.seed)
     result = continue_example(gpt, tokenizer, x, args.context, args.samples, args.temperature, args.top_k,
-                              args.top_p, generator, cond=args.cond, progress=True)
-    info = {"gpt": str(args.gpt), "tokenizer": str(tokenizer_dir), "input": str(args.input), "context": args.context,
-            "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                              args.top_p, generator, cond=args.cond, progress=True, encoding=args.context_encoding)
+    info = {"gpt": str(args.gpt), "tokenizer": str(args.tokenizer or gpt.config.tokenizer), "input": str(args.input),
+            "context": args.context, "context_encoding": args.context_encoding, "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "seed": args.seed, "cond": args.cond}
     paths = write_continuations(result, args.out, args.video_format, info)
     print(f"{args.samples} continuations of {result.context_units}/{result.grid[0]} "
@@ -116,6 +120,7 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grids", type=int, default=2, help="examples whose sample grids are written (default 2)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
     p.add_argument("--resume", action="store_true", help="keep the records already in --out and add the missing ones")
+    add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=probe_command)
 
@@ -126,7 +131,8 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
 
 
 # What a resumed run must share with the run it continues, or its records would not be comparable.
-RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer")
+RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer", "context_encoding")
+OLD_DEFAULTS = {"context_encoding": "full"}  # what runs written before a key existed did
 
 
 def check_run_folder(out: Path, info: dict, resume: bool) -> None:
@@ -137,10 +143,11 @@ def check_run_folder(out: Path, info: dict, resume: bool) -> None:
         return
     if previous.is_file():
         before = read_json(previous, "run description")
-        changed = [k for k in RESUME_KEYS if before.get(k) != info[k]]
+        was = {k: before.get(k, OLD_DEFAULTS.get(k)) for k in RESUME_KEYS}
+        changed = [k for k in RESUME_KEYS if was[k] != info[k]]
         if changed:
             raise UserError(f"--resume with a different {changed[0]} than the run in {out} "
-                            f"({before.get(changed[0])!r} there, {info[changed[0]]!r} now)")
+                            f"({was[changed[0]]!r} there, {info[changed[0]]!r} now)")
 
 
 def distributed() -> tuple[int, int, Callable[[], None]]:
@@ -167,18 +174,18 @@ def probe_command(args: argparse.Namespace) -> int:
         check_sampling(t, k, p)
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun rank
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-    gpts = [load_gpt(g, device=args.device) for g in args.gpt]
-    tokenizer_dir = args.tokenizer or (gpts[0].config.tokenizer if gpts else None)
-    if tokenizer_dir is None:
+    if not args.gpt and args.tokenizer is None:
         raise UserError("name the tokenizer the metrics use: --tokenizer DIR")
-    tokenizer = load_tokenizer(tokenizer_dir).to(args.device)
+    pairs = [load_pair(g, args.tokenizer, args.device) for g in args.gpt]
+    tokenizer = pairs[0][1] if pairs else load_tokenizer(args.tokenizer).to(args.device)
+    tokenizer_dir = args.tokenizer or pairs[0][0].config.tokenizer
     for c in args.context:
         context_split(tuple(tokenizer.grid), c)
     names = [Path(g).name for g in args.gpt]
     labels = names if len(set(names)) == len(names) else [str(g) for g in args.gpt]
     samplers = []
-    for gpt, label in zip(gpts, labels):
-        check_pair(gpt, tokenizer)
+    for (gpt, _), label in zip(pairs, labels):
+        check_pair(gpt, tokenizer)  # every GPT is measured with the first one's tokenizer
         samplers += [GPTSampler(gpt, label, t, k, p) for t, k, p in settings]
     examples, data_world = load_examples(args.data, tokenizer, args.limit)
     if args.oracle:
@@ -188,7 +195,8 @@ def probe_command(args: argparse.Namespace) -> int:
     rank, ranks, barrier = distributed()
     out = Path(args.out)
     info = {"data": str(args.data), "tokenizer": str(tokenizer_dir), "gpt": [str(g) for g in args.gpt],
-            "oracle": args.oracle, "contexts": args.context, "samples": args.samples, "seed": args.seed,
+            "oracle": args.oracle, "contexts": args.context, "context_encoding": args.context_encoding,
+            "samples": args.samples, "seed": args.seed,
             "batch": args.batch, "pool": args.pool, "samplers": [s.name for s in samplers], "examples": len(examples)}
     check_run_folder(out, info, args.resume)
     barrier()  # every rank has seen the folder as it was before rank 0 writes into it
@@ -198,10 +206,12 @@ def probe_command(args: argparse.Namespace) -> int:
     def keep_grid(k: int, context: float, sampler, pixels: torch.Tensor, truth) -> None:
         if k < args.grids:
             units, _ = context_split(tuple(truth.tokens.shape), context)
-            write_panels(truth.pixels, truth.reconstruction, pixels, tuple(truth.tokens.shape), units,
+            seen = decode_context(tokenizer, truth.context[units][None], truth.pixels[None])[0]
+            write_panels(seen, truth.pixels, truth.reconstruction, pixels,
                          out / "grids" / f"{k:03d}_context{context:g}_{slug(sampler.name)}", args.video_format)
 
-    config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool)
+    config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool,
+                         encoding=args.context_encoding)
     records = run_probe(examples, tokenizer, samplers, config, out, resume=args.resume, on_samples=keep_grid,
                         shard=(rank, ranks), barrier=barrier)
     if ranks > 1:
@@ -209,6 +219,9 @@ def probe_command(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0
     report = write_report([out], out, info)
+    for context in args.context:
+        leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context]
+        print(f"context {context:g} ({args.context_encoding} encoding): context_leak {sum(leaks) / len(leaks):.4f}")
     print(f"{len(records)} records ({len(examples)} examples x {len(args.context)} contexts x {len(samplers)} "
           f"samplers) -> {out / 'records.jsonl'}, summary.json, summary.csv, {report}")
     return 0
@@ -225,6 +238,7 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction shown to the model before scoring; the rest is scored (default 0.5)")
     p.add_argument("--out", required=True, help="folder for recognition.json / .jsonl and roc.png")
     p.add_argument("--limit", type=int, help="use only the first N pairs")
+    add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=recognition_command)
 
@@ -232,23 +246,21 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
 def recognition_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
-    gpts = [load_gpt(g, device=args.device) for g in args.gpt]
-    tokenizer_dir = args.tokenizer or gpts[0].config.tokenizer
-    if tokenizer_dir is None:
-        raise UserError(f"the GPT config in {args.gpt[0]} names no tokenizer; pass --tokenizer DIR")
-    tokenizer = load_tokenizer(tokenizer_dir).to(args.device)
+    models = [load_pair(g, args.tokenizer, args.device) for g in args.gpt]
+    tokenizer = models[0][1]
     context_split(tuple(tokenizer.grid), args.context)
     pairs = load_pairs(args.data, args.pairs, tokenizer, args.limit)
     out = Path(args.out)
     summaries, lines = {}, []
-    for gpt, name in zip(gpts, args.gpt):
-        check_pair(gpt, tokenizer)
-        records, summary = recognition(gpt, tokenizer, pairs, args.context)
+    for (gpt, _), name in zip(models, args.gpt):
+        check_pair(gpt, tokenizer)  # every GPT is scored with the first one's tokenizer
+        records, summary = recognition(gpt, tokenizer, pairs, args.context, args.context_encoding)
         summaries[name] = summary
         lines += [{"gpt": name, **r} for r in records]
         gap = summary["gap"]
         print(f"{name}: AUC {summary['auc']:.3f}, NLL gap {gap['mean']:+.4f} nats/token "
-              f"[{gap['lo']:+.4f}, {gap['hi']:+.4f}] over {summary['pairs']} pairs")
+              f"[{gap['lo']:+.4f}, {gap['hi']:+.4f}] over {summary['pairs']} pairs; context tokens differ in "
+              f"{summary['context_differs']:.0%} of pairs ({args.context_encoding} encoding)")
     plot_roc({name: [r for r in lines if r["gpt"] == name] for name in args.gpt},
              {name: s["auc"] for name, s in summaries.items()}, out / "roc.png")
     with atomic_path(out / "recognition.jsonl") as tmp:
@@ -269,6 +281,7 @@ def register_redundancy(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N examples of each folder")
     p.add_argument("--fps", type=float, help="frame rate of media clips, for bits per second (worlds know theirs)")
     p.add_argument("--out", required=True, help="folder for redundancy.json and redundancy.png")
+    add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=redundancy_command)
 
@@ -278,15 +291,12 @@ def redundancy_command(args: argparse.Namespace) -> int:
         raise UserError(f"give one --data per --gpt ({len(args.gpt)} --gpt, {len(args.data)} --data)")
     curves = {}
     for gpt_dir, data in zip(args.gpt, args.data):
-        gpt = load_gpt(gpt_dir, device=args.device)
-        if gpt.config.tokenizer is None:
-            raise UserError(f"the GPT config in {gpt_dir} names no tokenizer")
-        tokenizer = load_tokenizer(gpt.config.tokenizer).to(args.device)
-        check_pair(gpt, tokenizer)
+        gpt, tokenizer = load_pair(gpt_dir, device=args.device)
         examples, _ = load_examples(data, tokenizer, args.limit)
         fps = (examples[0].meta or {}).get("fps", args.fps)
         label = f"{tokenizer.kind}: {Path(gpt_dir).name}"
-        curves[label] = curve = redundancy_curve(gpt, tokenizer, examples, args.context, fps)
+        curves[label] = curve = redundancy_curve(gpt, tokenizer, examples, args.context, fps,
+                                                 encoding=args.context_encoding)
         for row in curve:
             print(f"{label} context {row['context']:g}: R(k) {row['redundancy']['mean']:.3f}, "
                   f"I {row['information_bits_per_token']['mean']:.3f} bits/token, "

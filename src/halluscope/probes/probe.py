@@ -6,7 +6,13 @@ Examples are sampled in fixed blocks of `batch` (examples 0..B-1, B..2B-1, ...: 
 continues all of a block's contexts at once). A block's random seed depends only on (run
 seed, block, context), so a resumed run draws what the uninterrupted one would have (a block
 with a missing record is drawn again whole and only the missing records are kept), and every
-sampler sees the same seed."""
+sampler sees the same seed.
+
+Each context's tokens are encoded as `ProbeConfig.encoding` says (probes/context.py: from the
+shown pixels alone by default); every record carries that mode, the context's measured leak
+(`context_leak`: the share of its tokens that change when another example's continuation
+replaces its own) and `context_agreement` (the share that equal the full encoding's: what
+leak-free contexts cost a GPT trained on full encodings)."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from tqdm import tqdm
 
 from halluscope.io import atomic_path, read_jsonl, write_json
 from halluscope.probes import calibration, metrics
-from halluscope.probes.context import context_split
+from halluscope.probes.context import context_leak, context_split, cut, encode_context
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.samplers import Example, GPTSampler, Sampler
 from halluscope.probes.stats import bootstrap_ci, rank_histogram, ratio_ci
@@ -42,6 +48,7 @@ class ProbeConfig:
     batch: int = 8  # examples sampled (and encoded) together; part of the seed, so fixed for a run
     pool: int = 16  # other examples' real continuations in each retrieval pool
     redundancy: bool = True  # also each GPT's teacher-forced redundancy curve (probes/redundancy.py)
+    encoding: str = "visible"  # how context tokens are encoded (probes/context.py)
 
 
 @dataclass
@@ -52,6 +59,14 @@ class Truth:
     reconstruction: torch.Tensor  # (3, ...) the tokenizer's decoding of its own tokens
     features: torch.Tensor  # (D, L) encoder features per token position
     recon_features: torch.Tensor  # (D, L) the same of the reconstruction: what decoded samples are compared with
+    context: dict[int, torch.Tensor]  # context units -> the context tokens a sampler is given (units * per unit,)
+    leak: dict[int, float]  # context units -> context_leak
+    agreement: dict[int, float]  # context units -> context_agreement
+
+    def given(self, units: int) -> torch.Tensor:
+        """(L,) the context tokens for `units` followed by the example's own continuation."""
+        context = self.context[units]
+        return torch.cat([context, self.tokens.flatten()[len(context):]])
 
 
 def record_key(record: dict) -> tuple[str, float, str]:
@@ -62,25 +77,31 @@ def block_seed(seed: int, block: int, context: float) -> int:
     return int(np.random.SeedSequence([seed, block, round(context * 1e6)]).generate_state(1)[0])
 
 
-def cut(x: torch.Tensor, grid: tuple[int, ...], units: int) -> torch.Tensor:
-    """The part of pixels (..., 3, H, W) / (..., 3, T, H, W) the context does not show: the
-    rows (images) or frames (clips) after the first `units` token rows / latent frames."""
-    axis = x.dim() - len(grid)  # height of an image, time of a clip
-    start = units * x.shape[axis] // grid[0]
-    return x.narrow(axis, start, x.shape[axis] - start)
-
-
 @torch.no_grad()
-def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int) -> list[Truth]:
+def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int, units: list[int],
+            encoding: str = "visible") -> list[Truth]:
+    """Each example's tokens, reconstruction and features, and for each context size in `units`
+    its context tokens under `encoding`, their leak (against the next example's continuation)
+    and their agreement with the full encoding."""
     device = next(tokenizer.parameters(), torch.empty(0)).device
     truths = []
     for i in tqdm(range(0, len(examples), batch), desc="encoding examples", unit="batch", leave=False):
-        x = torch.stack([e.pixels for e in examples[i:i + batch]]).to(device)
+        block = range(i, min(i + batch, len(examples)))
+        x = torch.stack([examples[k].pixels for k in block]).to(device)
+        other = torch.stack([examples[(k + 1) % len(examples)].pixels for k in block]).to(device)
         tokens = tokenizer.encode(x)
         recon = tokenizer.decode(tokens).clamp(-1, 1)
         feats = tokenizer.features(x).flatten(2)
         recon_feats = tokenizer.features(recon).flatten(2)
-        truths += [Truth(*parts) for parts in zip(tokens, x, recon, feats, recon_feats)]
+        context, leak, agreement = [{} for _ in block], [{} for _ in block], [{} for _ in block]
+        for u in units:
+            visible = encode_context(tokenizer, x, u, "visible")
+            full = tokens.flatten(1)[:, :visible.shape[1]]
+            leaks = context_leak(tokenizer, x, other, u, encoding).tolist()
+            for j, (given, same, share) in enumerate(zip(visible if encoding == "visible" else full,
+                                                         (visible == full).double().mean(1).tolist(), leaks)):
+                context[j][u], agreement[j][u], leak[j][u] = given, same, share
+        truths += [Truth(*parts) for parts in zip(tokens, x, recon, feats, recon_feats, context, leak, agreement)]
     return truths
 
 
@@ -93,11 +114,12 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     reconstruction), so tokenizer error does not count as the sampler's."""
     grid = tuple(truth.tokens.shape)
     units, n_ctx = context_split(grid, context)
-    seq = truth.tokens.flatten()
+    seq = truth.given(units)  # the context the sampler was given, then the real continuation
     n = len(new)
     full = torch.cat([seq[None, :n_ctx].expand(n, -1), new], 1)  # (N, L)
     pixels = tokenizer.decode(full.view(n, *grid)).clamp(-1, 1)  # (N, 3, ...)
-    out = metrics.token_metrics(seq[n_ctx:], new)
+    out = {"context_leak": truth.leak[units], "context_agreement": truth.agreement[units]}
+    out.update(metrics.token_metrics(seq[n_ctx:], new))
     out.update(calibration.ensemble_metrics(seq[n_ctx:], new, calibration.HAMMING, "tokens", rng))
     entropy = None
     if hasattr(sampler, "score"):
@@ -152,15 +174,17 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
             missing = [k for k in block if (examples[k].id, context, sampler.name) not in finished]
             if missing:
                 todo.append((b, context, sampler, missing))
-    truths = prepare(examples, tokenizer, config.batch) if todo else []
+    grid = tuple(tokenizer.grid)
+    units = sorted({context_split(grid, c)[0] for c in config.contexts})
+    truths = prepare(examples, tokenizer, config.batch, units, config.encoding) if todo else []
     device = truths[0].tokens.device if truths else torch.device("cpu")
     records = list(done)
     with open(path, "a") as f, tqdm(total=sum(len(t[3]) for t in todo), desc="probing", unit="record") as bar:
         for b, context, sampler, missing in todo:
-            units, n_ctx = context_split(tuple(truths[0].tokens.shape), context)
+            units, n_ctx = context_split(grid, context)
             seed = block_seed(config.seed, b, context)
             generator = torch.Generator(device).manual_seed(seed)
-            tokens = torch.stack([truths[k].tokens for k in blocks[b]])  # (B, *grid)
+            tokens = torch.stack([truths[k].given(units).view(grid) for k in blocks[b]])  # (B, *grid)
             new = sampler.sample([examples[k] for k in blocks[b]], tokens, units, n_ctx, config.samples, generator)
             for k, drawn in zip(blocks[b], new.to(device)):
                 if k not in missing:
@@ -169,7 +193,7 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
                 rng = np.random.default_rng([seed, k])  # rank ties: the same draw on resume
                 values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer, rng)
                 record = {"example": examples[k].id, "index": k, "kind": tokenizer.kind, "context": context,
-                          "samples": config.samples, "sampler": sampler.name, **sampler.settings, "seed": seed,
+                          "context_encoding": config.encoding, "samples": config.samples, "sampler": sampler.name, **sampler.settings, "seed": seed,
                           "metrics": {m: clean(v) for m, v in values.items()}}
                 if entropy is not None:
                     record["entropy_map"] = [clean(v) for v in entropy.flatten().tolist()]
@@ -188,7 +212,7 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
     if config.redundancy and examples:
         fps = (examples[0].meta or {}).get("fps")  # world clips know their frame rate
         gpts = {s.label: s.gpt for s in samplers if isinstance(s, GPTSampler)}
-        curves = {label: redundancy_curve(gpt, tokenizer, examples, config.contexts, fps, config.batch)
+        curves = {label: redundancy_curve(gpt, tokenizer, examples, config.contexts, fps, config.batch, config.encoding)
                   for label, gpt in gpts.items()}
     write_summary(records, out, curves)
     return records
@@ -249,6 +273,7 @@ def summarize(records: list[dict]) -> list[dict]:
             stats[f"rank_{d}_p"] = {"mean": h["p"], "lo": None, "hi": None, "n": int(sum(h["counts"]))}
         settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p")}
         rows.append({"kind": kind, "sampler": sampler, "context": context, "examples": len(rs),
+                     "context_encoding": rs[0].get("context_encoding", "full"),  # older records: full
                      "settings": settings, "plain": plain(settings), "metrics": dict(sorted(stats.items())),
                      "rank_histograms": histograms})
     return rows

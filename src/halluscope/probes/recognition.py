@@ -8,6 +8,11 @@ continuation less likely.
     AUC      = P(nll(v) > nll(r)) + ½ P(nll(v) = nll(r)) over all (real, violation) clips
                (Mann-Whitney; 0.5 = chance, 1 = every violation scores worse than every real clip)
     paired   = 1/P Σ_pairs [nll(violation) > nll(real)]
+
+A twin shares its real clip's context pixels; its context tokens are encoded from the shown
+pixels alone (`visible`, the default), so both are scored after the same context tokens, and
+the summary says in how many pairs they differ (`context_differs`: 0 under `visible`; under
+`full` a non-causal tokenizer lets the break leak into the context).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from tqdm import tqdm
 from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
 from halluscope.gpt.model import GPT
-from halluscope.probes.context import context_split
+from halluscope.probes.context import context_split, encode_context
 from halluscope.probes.samplers import check_world_fits, world_from_folder, world_lines
 from halluscope.probes.stats import bootstrap_ci
 
@@ -95,20 +100,25 @@ def load_pairs(data: str | os.PathLike | None, pairs: str | os.PathLike | None, 
 
 @torch.no_grad()
 def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
-                context: float) -> tuple[list[dict], dict]:
+                context: float, encoding: str = "visible") -> tuple[list[dict], dict]:
     """Per-pair records and the summary (AUC, paired accuracy, NLL gap with a bootstrap 95%
-    interval) for one GPT."""
+    interval, the share of pairs whose context tokens differ) for one GPT."""
     device = next(gpt.parameters()).device
+    units, n_ctx = context_split(tuple(tokenizer.grid), context)
     records = []
     for pair_id, real, violation in tqdm(pairs, desc="scoring pairs", unit="pair"):
-        tokens = tokenizer.encode(torch.stack([real, violation]).to(device)).flatten(1)  # (2, L)
-        _, n_ctx = context_split(tuple(tokenizer.grid), context)
+        x = torch.stack([real, violation]).to(device)
+        given = encode_context(tokenizer, x, units, encoding)  # (2, n_ctx)
+        tokens = torch.cat([given, tokenizer.encode(x).flatten(1)[:, n_ctx:]], 1)  # (2, L)
         nll = (-gpt.score(tokens, n_ctx)["logprob"].double().mean(1)).tolist()
-        records.append({"pair": pair_id, "context": context, "nll_real": nll[0], "nll_violation": nll[1],
-                        "gap": nll[1] - nll[0]})
+        records.append({"pair": pair_id, "context": context, "context_encoding": encoding, "nll_real": nll[0],
+                        "nll_violation": nll[1], "gap": nll[1] - nll[0],
+                        "context_differs": bool((given[0] != given[1]).any())})
     real = [r["nll_real"] for r in records]
     bad = [r["nll_violation"] for r in records]
-    summary = {"pairs": len(records), "context": context, "auc": roc_auc(real, bad), "auc_ci": auc_ci(real, bad),
+    summary = {"pairs": len(records), "context": context, "context_encoding": encoding,
+               "context_differs": float(np.mean([r["context_differs"] for r in records])),
+               "auc": roc_auc(real, bad), "auc_ci": auc_ci(real, bad),
                "paired_accuracy": float(np.mean([r["gap"] > 0 for r in records])),
                "gap": bootstrap_ci([r["gap"] for r in records]),
                "nll_real": bootstrap_ci(real), "nll_violation": bootstrap_ci(bad)}

@@ -2,7 +2,8 @@
 
 For a context of k whole rows / latent frames, Y_k is what the probe asks the model to
 continue: every token after them. H(Y_k | C_k) is Y_k's NLL scored in place, given its real
-context. H(Y_k), Y_k's entropy with no context, is its NLL scored as a sequence of its own,
+context encoded as the probe encodes it (probes/context.py: from the shown pixels alone by
+default). H(Y_k), Y_k's entropy with no context, is its NLL scored as a sequence of its own,
 moved to the start of the grid (by whole rows / frames, so every token keeps its column and
 row-in-frame). That assumes Y_k looks like the top of an example: true of clips over time
 (frames 8-15 are distributed like frames 0-7), true of the image world at k = 1/2 (its halves
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from halluscope.gpt.model import GPT
-from halluscope.probes.context import context_split
+from halluscope.probes.context import context_split, encode_context
 from halluscope.probes.samplers import Example
 from halluscope.probes.stats import bootstrap_ci, ratio_ci
 
@@ -31,15 +32,17 @@ BITS = 1 / math.log(2)  # nats -> bits
 
 
 @torch.no_grad()
-def example_nlls(gpt: GPT, tokens: torch.Tensor, contexts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def example_nlls(gpt: GPT, tokens: torch.Tensor, contexts: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLLs in nats, each (B, len(contexts)), of Y_k = the tokens (B, units, per_unit)
-    after the first k units (k in contexts): given those k units (in place), and alone (moved
-    to the start of the grid); Y_k's first token is left out of both."""
+    after the first k units (k, context tokens (B, k * per_unit) in contexts): given those
+    context tokens, and alone (moved to the start of the grid); Y_k's first token is left out
+    of both."""
     per_unit = math.prod(tokens.shape[2:])
     seq = tokens.flatten(1)
     given, alone = [], []
-    for k in contexts:
-        given.append(-gpt.score(seq, k * per_unit + 1)["logprob"].double().sum(1))
+    for k, context in contexts.items():
+        in_place = torch.cat([context, seq[:, k * per_unit:]], 1)
+        given.append(-gpt.score(in_place, k * per_unit + 1)["logprob"].double().sum(1))
         alone.append(-gpt.score(seq[:, k * per_unit:], 1)["logprob"].double().sum(1))
     return torch.stack(given, 1).cpu(), torch.stack(alone, 1).cpu()
 
@@ -50,10 +53,10 @@ def one_minus(v: float | None) -> float | None:
 
 @torch.no_grad()
 def redundancy_curve(gpt: GPT, tokenizer: torch.nn.Module, examples: list[Example], contexts: list[float],
-                     fps: float | None = None, batch: int = 16) -> list[dict]:
+                     fps: float | None = None, batch: int = 16, encoding: str = "visible") -> list[dict]:
     """The redundancy curve of one GPT on examples, one dict per context (0 = none, then each
-    fraction of `contexts`): context, context_units, target_units, tokens_scored, and the mean
-    [95% bootstrap interval] over examples ({"mean", "lo", "hi", "n"}) of
+    fraction of `contexts`, its tokens encoded as `encoding` says): context, context_units,
+    target_units, tokens_scored, and the mean [95% bootstrap interval] over examples ({"mean", "lo", "hi", "n"}) of
     entropy_bits_per_token = H(Y_k | C_k), marginal_bits_per_token = H(Y_k),
     information_bits_per_token / _per_pixel / _per_second (clips, when fps is given) =
     I(C_k; Y_k), and redundancy = R(k) (a ratio of sums over examples)."""
@@ -65,7 +68,8 @@ def redundancy_curve(gpt: GPT, tokenizer: torch.nn.Module, examples: list[Exampl
     given, alone = [], []  # (B, contexts) per batch
     for i in tqdm(range(0, len(examples), batch), desc="redundancy", unit="batch", leave=False):
         x = torch.stack([e.pixels for e in examples[i:i + batch]]).to(device)
-        g, a = example_nlls(gpt, tokenizer.encode(x).to(device), scored_units)
+        contexts_given = {k: encode_context(tokenizer, x, k, encoding).to(device) for k in scored_units}
+        g, a = example_nlls(gpt, tokenizer.encode(x).to(device), contexts_given)
         given.append(g)
         alone.append(a)
     given, alone = torch.cat(given) * BITS, torch.cat(alone) * BITS  # (examples, contexts) bits

@@ -1,6 +1,7 @@
-"""Conditional sampling of one example: encode it, keep a context of whole leading rows or
-latent frames, draw N continuations from a GPT, decode them, and write what a person looks at
-(a grid of context / ground truth / reconstruction / samples) and what a script reads (JSON)."""
+"""Conditional sampling of one example: encode its context (whole leading rows or latent frames,
+from the shown pixels alone by default: probes/context.py), draw N continuations from a GPT,
+decode them, and write what a person looks at (a grid of what the model saw / ground truth /
+reconstruction / samples) and what a script reads (JSON)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import torch
 
 from halluscope.data import write_clip_grid, write_image_grid
 from halluscope.errors import UserError
+from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.model import GPT
 from halluscope.io import write_json
-from halluscope.probes.context import context_split
+from halluscope.probes.context import context_split, decode_context, encode_context
+from halluscope.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -22,11 +25,13 @@ class Continuations:
     grid: tuple[int, ...]
     context_units: int  # leading token rows (images) or latent frames (clips) given
     context_tokens: int
-    truth_tokens: torch.Tensor  # (*grid)
-    tokens: torch.Tensor  # (N, *grid): the context followed by each sample's continuation
+    context_encoding: str  # "visible" | "full" (probes/context.py)
+    truth_tokens: torch.Tensor  # (*grid), the whole example encoded
+    tokens: torch.Tensor  # (N, *grid): the context the GPT was given followed by each sample's continuation
     logprobs: torch.Tensor  # (N, L - context_tokens), from the distribution each token was drawn from
     truth_logprob: float  # log-probability of the real continuation under the plain model
     truth: torch.Tensor  # pixels of the example, (3, H, W) or (3, T, H, W)
+    seen: torch.Tensor  # what the model saw: its context tokens decoded alone, the rest grey
     reconstruction: torch.Tensor  # the tokenizer's decoding of the example's own tokens
     samples: torch.Tensor  # (N, 3, ...) decoded samples
 
@@ -44,48 +49,53 @@ def check_pair(gpt: GPT, tokenizer: torch.nn.Module) -> None:
                         f"positions; the GPT has {c.block_size}")
 
 
+def load_pair(gpt_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+              device: str | None = None) -> tuple[GPT, torch.nn.Module]:
+    """A GPT folder and its tokenizer (the one its config names, unless `tokenizer_dir` is
+    given), on `device`, checked to work together: how every command and the app load a model."""
+    gpt = load_gpt(gpt_dir, device=device)
+    tokenizer_dir = tokenizer_dir or gpt.config.tokenizer
+    if tokenizer_dir is None:
+        raise UserError(f"the GPT config in {gpt_dir} names no tokenizer; pass --tokenizer DIR")
+    tokenizer = load_tokenizer(tokenizer_dir).to(device)
+    check_pair(gpt, tokenizer)
+    return gpt, tokenizer
+
+
 @torch.no_grad()
 def continue_example(gpt: GPT, tokenizer: torch.nn.Module, x: torch.Tensor, context: float, samples: int,
                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                      generator: torch.Generator | None = None, cond: list[int] | None = None,
-                     progress: bool = False) -> Continuations:
+                     progress: bool = False, encoding: str = "visible") -> Continuations:
     """N continuations of the example x ((3, H, W) or (3, T, H, W) in [-1, 1]) given `context`
-    of it, as a fraction turned into whole leading rows / latent frames; `cond` holds the
-    condition tokens (e.g. the class) of a conditional GPT."""
+    of it, as a fraction turned into whole leading rows / latent frames, its tokens encoded as
+    `encoding` says; `cond` holds the condition tokens (e.g. the class) of a conditional GPT."""
     check_pair(gpt, tokenizer)
     device = next(gpt.parameters()).device
-    truth_tokens = tokenizer.encode(x[None].to(device))[0]  # (*grid)
+    x = x.to(device)
+    truth_tokens = tokenizer.encode(x[None])[0]  # (*grid)
     grid = tuple(truth_tokens.shape)
     units, n_ctx = context_split(grid, context)
-    seq = truth_tokens.flatten()[None]  # (1, L)
+    given = encode_context(tokenizer, x[None], units, encoding)  # (1, n_ctx)
+    seq = torch.cat([given, truth_tokens.flatten()[None, n_ctx:]], 1)  # (1, L): the real continuation after it
     cond = None if cond is None else torch.tensor([cond], device=device)  # (1, n_cond)
-    new, logprobs = gpt.generate(seq[:, :n_ctx], seq.shape[1] - n_ctx, samples, temperature, top_k, top_p,
+    new, logprobs = gpt.generate(given, seq.shape[1] - n_ctx, samples, temperature, top_k, top_p,
                                  generator, cond=cond, progress=progress)
-    tokens = torch.cat([seq[:, :n_ctx].expand(samples, -1), new], dim=1).view(samples, *grid)
+    tokens = torch.cat([given.expand(samples, -1), new], dim=1).view(samples, *grid)
     truth_logprob = gpt.score(seq, n_ctx, cond)["logprob"].sum().item()
-    return Continuations(grid=grid, context_units=units, context_tokens=n_ctx, truth_tokens=truth_tokens,
-                         tokens=tokens, logprobs=logprobs, truth_logprob=truth_logprob, truth=x.to(device),
+    return Continuations(grid=grid, context_units=units, context_tokens=n_ctx, context_encoding=encoding,
+                         truth_tokens=truth_tokens, tokens=tokens, logprobs=logprobs, truth_logprob=truth_logprob,
+                         truth=x, seen=decode_context(tokenizer, given, x[None])[0],
                          reconstruction=tokenizer.decode(truth_tokens[None])[0], samples=tokenizer.decode(tokens))
 
 
-def hide_continuation(x: torch.Tensor, grid: tuple[int, ...], units: int) -> torch.Tensor:
-    """x with everything after the first `units` token rows (image (3, H, W)) or latent frames
-    (clip (3, T, H, W)) painted mid-grey: what the model was shown."""
-    # Axis 1 is height for an image and time for a clip: the axis grid[0] divides.
-    cut = units * x.shape[1] // grid[0]
-    shown = x.clone()
-    shown[:, cut:] = 0.0
-    return shown
-
-
-def write_panels(truth: torch.Tensor, reconstruction: torch.Tensor, samples: torch.Tensor, grid: tuple[int, ...],
-                 units: int, stem: Path, video_format: str = "gif") -> Path:
-    """One grid of what was shown (the context), the ground truth, its reconstruction and the
-    samples: `stem`.png for images, `stem`.gif / .mp4 for clips."""
-    panels = torch.cat([torch.stack([hide_continuation(truth, grid, units), truth, reconstruction]),
-                        samples]).clamp(-1, 1).cpu()
+def write_panels(seen: torch.Tensor, truth: torch.Tensor, reconstruction: torch.Tensor, samples: torch.Tensor,
+                 stem: Path, video_format: str = "gif") -> Path:
+    """One grid of what the model saw (its context tokens decoded), the ground truth, its
+    reconstruction and the samples: `stem`.png for images, `stem`.gif / .mp4 for clips."""
+    panels = torch.cat([torch.stack([seen, truth, reconstruction]), samples]).clamp(-1, 1).cpu()
     nrow = min(len(panels), 11)  # context, truth, reconstruction and 8 samples on one line
-    if len(grid) == 2:
+    if truth.dim() == 3:
         return write_image_grid(panels, stem.with_name(stem.name + ".png"), nrow=nrow)
     return write_clip_grid(panels, stem.with_name(f"{stem.name}.{video_format}"), nrow=nrow)
 
@@ -96,15 +106,16 @@ def write_continuations(result: Continuations, out: str | os.PathLike, video_for
     reconstruction, then the samples) and samples.json into `out`; return the paths."""
     out = Path(out)
     r = result
-    grid_path = write_panels(r.truth, r.reconstruction, r.samples, r.grid, r.context_units, out / "samples",
-                             video_format)
+    grid_path = write_panels(r.seen, r.truth, r.reconstruction, r.samples, out / "samples", video_format)
     record = {
         **(info or {}),
         "grid": list(r.grid),
         "context_units": r.context_units,
         "context_tokens": r.context_tokens,
-        "panels": ["context", "ground truth", "reconstruction"] + [f"sample {i}" for i in range(len(r.tokens))],
+        "context_encoding": r.context_encoding,
+        "panels": ["what the model saw", "ground truth", "reconstruction"] + [f"sample {i}" for i in range(len(r.tokens))],
         "ground_truth_tokens": r.truth_tokens.flatten().tolist(),
+        "context_tokens_given": r.tokens[0].flatten()[:r.context_tokens].tolist(),
         "ground_truth_logprob": r.truth_logprob,
         "sample_tokens": r.tokens.flatten(1)[:, r.context_tokens:].tolist(),
         "sample_logprobs": [[round(v, 5) for v in row] for row in r.logprobs.tolist()],
