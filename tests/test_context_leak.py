@@ -15,7 +15,7 @@ from halluscope.data import VideoWorld, write_world
 from halluscope.gpt.checkpoint import save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
-from halluscope.probes.context import context_leak, decode_context, encode_context, shown, splice
+from halluscope.probes.context import context_leak, decode_context, encode_context, splice
 from halluscope.probes.recognition import load_pairs, recognition
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.samplers import load_examples
@@ -47,9 +47,10 @@ def test_full_encoding_leaks_and_visible_does_not(trained, kind):
         for replacement in (other, noise):
             assert context_leak(tokenizer, x, replacement, units, "visible").eq(0).all()
         assert context_leak(tokenizer, x, other, units, "full").mean() > 0  # the leak a trained VQGAN has
-        # visible = the shown picture encoded, whatever the hidden part holds
+        # visible = the shown pixels cut out and encoded alone, whatever the hidden part holds
+        shown_part = units * x.shape[2] // tokenizer.grid[0]  # pixel rows (images) or frames (clips)
         assert torch.equal(encode_context(tokenizer, splice(x, noise, tokenizer.grid, units), units, "visible"),
-                           encode_context(tokenizer, shown(x, tokenizer.grid, units), units, "full"))
+                           tokenizer.encode(x[:, :, :shown_part]).flatten(1))
 
 
 def test_the_panel_is_the_decoding_of_the_context_tokens_alone(trained):
@@ -92,6 +93,8 @@ def test_probe_reports_the_leak_of_each_encoding(trained, tmp_path, capsys):
         records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
         assert {r["context_encoding"] for r in records} == {encoding}
         assert "context_leak" in (out / "summary.csv").read_text()
+        report = (out / "report.html").read_text()
+        assert "Does the context leak the answer?" in report and f"<td>{encoding}</td>" in report
     assert leaks["visible"] == 0 and leaks["full"] > 0
     with pytest.raises(SystemExit):  # an unknown mode is argparse's one line
         main(["probe", "--gpt", str(tmp_path / "gpt"), "--data", str(data), "--out", str(tmp_path / "x"),

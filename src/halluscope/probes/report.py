@@ -228,6 +228,30 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img,video{max-width
 .grids img{height:120px;image-rendering:pixelated}small{color:#666}h3{font-size:14px;margin:1em 0 0}"""
 
 
+def leak_table(rows: list[dict]) -> str:
+    """Per run, kind and context (the leak is the tokenizer's, the same for every sampler): how
+    the context was encoded, its measured leak and its agreement with the full encoding."""
+    seen, body = set(), []
+    for r in rows:
+        key = (r["run"], r["kind"], r["context"])
+        if key in seen or "context_leak" not in r["metrics"]:
+            continue
+        seen.add(key)
+        cells = [*key, r.get("context_encoding", "full"), fmt(r["metrics"]["context_leak"]),
+                 fmt(r["metrics"].get("context_agreement"))]
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells[:4])
+                    + "".join(f"<td>{c}</td>" for c in cells[4:]) + "</tr>")
+    if not body:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in ["run", "kind", "context", "encoding", "context_leak",
+                                              "context_agreement"])
+    return ("<h2>Does the context leak the answer?</h2><p>context_leak: share of the context tokens that change "
+            "when only the continuation's pixels are replaced by another example's (0: the context depends on "
+            "the shown pixels alone). context_agreement: share of the context tokens equal to those of the whole "
+            "example's encoding (the GPT trained on whole-example encodings; below 1, visible contexts are "
+            f"new to it).</p><table><tr>{head}</tr>{''.join(body)}</table>")
+
+
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None) -> Path:
     """Plots (out/plots/*.png) and out/report.html for one or more run folders (e.g. an image
     run and a clip run, to compare the domains on one set of curves)."""
@@ -253,14 +277,14 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                "ratio (1: the truth looks like one more sample; &gt; 1: confidently wrong; &lt; 1: over-dispersed); "
                "typicality z &gt; 0: the truth is less likely than the model's own samples; redundancy: share of "
                "H(Y) the context explains (teacher-forced).</p>"),
-              summary_table(plain, HEADLINE_COLUMNS, with_verdict=True)]
+              summary_table(plain, HEADLINE_COLUMNS, with_verdict=True), leak_table(rows)]
     if tempered:
         parts += ["<h2>Tempered or truncated sampling (reported apart: it narrows samples and inflates matches)</h2>",
                   summary_table(tempered, HEADLINE_COLUMNS)]
     parts += ["<h2>All summaries (mean [95% bootstrap interval] over examples)</h2>",
               summary_table(rows, SUMMARY_COLUMNS),
               "<h2>Curves</h2><div class='plots'>", *(embed(p, p.stem) for p in plots), "</div>",
-              ("<h2>Samples</h2><p>Each row: the context shown, the ground truth, its reconstruction, then the "
+              ("<h2>Samples</h2><p>Each row: what the model saw (its context tokens decoded), the ground truth, its reconstruction, then the "
                "samples.</p><div class='grids'>")]
     parts += [f"<h3>{html.escape(p.parent.parent.name)}: {html.escape(p.stem)}</h3>{embed(p, p.stem)}" for p in grids]
     parts.append("</div></body></html>\n")
