@@ -3,8 +3,8 @@
 `python -m benchmarks all [--threads N --clock cpu]`: each benchmark runs in its own
 subprocess (a fresh allocator and thread pool), with the given threads and clock. Left out,
 because they train models for minutes and measure quality rather than speed: gpt_training,
-tokenizer_quality, tokenizer_steps (meant for a GPU); sampling_cache (issue 4's length sweep)
-is superseded by sampling_peers. Their JSON, when present, is still rendered. About 10 minutes
+tokenizer_quality, tokenizer_steps (meant for a GPU), tokenizer_causal; sampling_cache (issue
+4's length sweep) is superseded by sampling_peers. Their JSON, when present, is still rendered. About 10 minutes
 on 2 cores (9 min 21 s measured, the bench extra's install included).
 """
 

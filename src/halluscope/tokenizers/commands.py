@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--padding", choices=["zeros", "replicate"],
                    help="how convolutions see past borders: zeros (taming's, the presets') or replicate "
                         "(a flat region gets one code everywhere: stable tokens)")
+    p.add_argument("--causal", action="store_true",
+                   help="a causal encoder, so a context's tokens do not depend on what follows it: image, token "
+                        "row i sees only the pixel rows down to the end of its band; video (the 3D VQGAN), "
+                        "latent frame j only the frames up to the end of its window. (A framewise clip "
+                        "tokenizer is causal in time already: it encodes each frame on its own.)")
     p.add_argument("--codebook-size", type=int, help="number of codes, the GPT's vocabulary (default: the preset's)")
     p.add_argument("--restart-every", type=int, default=25,
                    help="steps between restarts of unused codes from recent encoder outputs; 0: never (default 25)")
@@ -99,7 +104,7 @@ def train_cmd(args: argparse.Namespace) -> int:
                       restart_every=args.restart_every, seed=args.seed, resume=args.resume, device=args.device,
                       l2_weight=args.l2_weight,
                       extra={k: v for k, v in (("downsample", args.downsample), ("n_embed", args.codebook_size),
-                                               ("padding", args.padding)) if v})
+                                               ("padding", args.padding), ("causal", args.causal)) if v})
     last = train(cfg)
     if last.get("resumed_finished"):
         print(f"train-tokenizer: {args.out} already finished step {last['step']}; nothing to do")

@@ -25,6 +25,11 @@ def check_padding(padding: str) -> None:
         raise UserError(f"tokenizer config: padding must be one of {PADDINGS}, got {padding!r}")
 
 
+def check_causal(causal: bool) -> None:
+    if not isinstance(causal, bool):
+        raise UserError(f"tokenizer config: causal must be true or false, got {causal!r}")
+
+
 @dataclass
 class VQGANConfig:
     """taming's VQModel: `ddconfig` fields plus `n_embed` / `embed_dim` (its YAML's names)."""
@@ -48,9 +53,13 @@ class VQGANConfig:
     legacy: bool = False
     quantizer: str = "vq"  # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only)
     padding: str = "zeros"  # see PADDINGS
+    # A row-causal encoder (causal.py): token row i sees only pixel rows above the end of its
+    # band, so the top rows' tokens do not depend on the rest. Off in taming's (and imports).
+    causal: bool = False
 
     def __post_init__(self) -> None:
         check_padding(self.padding)
+        check_causal(self.causal)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -102,9 +111,13 @@ class VQGAN3DConfig:
     dropout: float = 0.0
     beta: float = 0.25
     legacy: bool = False
+    # A time-causal encoder (causal.py): latent frame j sees only the frames up to the end of
+    # its window, so the first latent frames' tokens do not depend on the frames after them.
+    causal: bool = False
 
     def __post_init__(self) -> None:
         check_padding(self.padding)
+        check_causal(self.causal)
         self.level_strides()  # validate early, with the user's numbers in the message
 
     def level_strides(self) -> list[tuple[int, int, int]]:

@@ -42,6 +42,12 @@ class Framewise(nn.Module):
     def frames(self) -> int:
         return self.config.frames
 
+    @property
+    def causal(self) -> bool:
+        """Always causal in time, the clip's context axis: each frame is encoded on its own, so
+        latent frame j depends on frame j alone (whether or not its image VQGAN is row-causal)."""
+        return True
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, embed_dim, T, h, w)."""
         z = self.image.features(rearrange(x, "b c t h w -> (b t) c h w"))

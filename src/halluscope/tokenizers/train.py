@@ -100,10 +100,16 @@ class Trainer:
                 state = torch.load(state_path, map_location="cpu", weights_only=True)
             except Exception as e:  # our own file, damaged (a disk error): say which
                 raise UserError(f"cannot resume: {state_path} is unreadable ({str(e).splitlines()[0]})") from None
+        sizes = {"resolution": cfg.resolution, **({"frames": cfg.frames} if cfg.kind == "video" else {})}
         if state is not None:
             model_config = config_from_dict(state["model_config"])
+            # A resumed run keeps its model; one asked for a different one (say --causal on a
+            # run that was not) is refused rather than silently trained as it was.
+            for key, value in {**sizes, **cfg.extra}.items():
+                if value is not None and getattr(model_config, key) != value:
+                    raise UserError(f"{self.out} was trained with {key}={getattr(model_config, key)!r}, not "
+                                    f"{value!r}; resume without changing it, or choose another --out")
         else:
-            sizes = {"resolution": cfg.resolution, **({"frames": cfg.frames} if cfg.kind == "video" else {})}
             model_config = preset(cfg.kind, cfg.preset, **{**sizes, **cfg.extra})
         self.data = open_dataset(cfg.data, model_config)
         self.device = pick_device(cfg.device)

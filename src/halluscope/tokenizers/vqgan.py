@@ -4,7 +4,8 @@
 taming-transformers' own Encoder / Decoder / VectorQuantizer2, with the parameter names of
 taming's `VQModel` (`encoder.*`, `decoder.*`, `quantize.embedding.weight`, `quant_conv.*`,
 `post_quant_conv.*`) so that taming checkpoints load as they are. The 3D clip VQGAN
-(vqgan3d.py) reuses the pipeline with its own convolutions.
+(vqgan3d.py) reuses the pipeline with its own convolutions. With `causal` in the config the
+encoder is causal along the grid's first axis (causal.py); the decoders never are.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import contextlib
 import io
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from taming.modules.diffusionmodules.model import Decoder, Downsample, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
+from halluscope.tokenizers.causal import PaddedDownsample, make_row_causal, padded_conv
 from halluscope.tokenizers.config import VQGANConfig
 
 
@@ -55,6 +56,12 @@ class VQTokenizer(nn.Module):
     @property
     def frames(self) -> int | None:
         return getattr(self.config, "frames", None)
+
+    @property
+    def causal(self) -> bool:
+        """Whether token row (latent frame) i depends only on the pixel rows (frames) up to the
+        end of its band, so that a context's tokens do not depend on what follows it."""
+        return self.config.causal
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -109,8 +116,11 @@ class VQGAN(VQTokenizer):
         with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its latent shape
             self.encoder = Encoder(**dd)
             self.decoder = Decoder(**dd)
-        if config.padding == "replicate":
+        if config.causal:
+            make_row_causal(self.encoder, config.padding)
+        elif config.padding == "replicate":
             replicate_borders(self.encoder)
+        if config.padding == "replicate":
             replicate_borders(self.decoder)
         if config.quantizer == "gumbel":
             self.quantize = GumbelQuantize(config.z_channels, config.embed_dim, n_embed=config.n_embed)
@@ -118,18 +128,6 @@ class VQGAN(VQTokenizer):
             self.quantize = VectorQuantizer2(config.n_embed, config.embed_dim, beta=config.beta, legacy=config.legacy)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
-
-
-class ReplicateDownsample(nn.Module):
-    """taming's strided-conv Downsample (same `conv` parameter), its right and bottom edges
-    padded by replication instead of zeros."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1), mode="replicate"))
 
 
 def replicate_borders(net: nn.Module) -> None:
@@ -140,4 +138,5 @@ def replicate_borders(net: nn.Module) -> None:
             module.padding_mode = "replicate"
         elif isinstance(module, Downsample) and module.with_conv:
             parent, _, child = name.rpartition(".")
-            setattr(net.get_submodule(parent), child, ReplicateDownsample(module.conv))
+            new = PaddedDownsample(padded_conv(module.conv, "replicate", causal=False))
+            setattr(net.get_submodule(parent), child, new)

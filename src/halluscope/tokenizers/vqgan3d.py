@@ -3,6 +3,10 @@ GroupNorm and swish, strided downsampling, nearest upsampling) in 3D convolution
 per-axis downsampling (dt, dh, dw), quantized by taming's VectorQuantizer2.
 
 Shapes: clip (B, 3, T, H, W) -> latents (B, D, T/dt, H/dh, W/dw) -> tokens (B, T/dt, H/dh, W/dw).
+
+With `causal` the encoder is causal in time (causal.py): its convolutions pad time in front
+only, its downsampling windows are aligned to the frames, its norms work frame by frame and
+its attention looks back only, so latent frame j depends only on frames < (j+1)·dt.
 """
 
 from __future__ import annotations
@@ -13,25 +17,29 @@ from einops import rearrange
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
+from halluscope.tokenizers.causal import PaddedDownsample, SliceGroupNorm, leading_axis_mask, padded_conv
 from halluscope.tokenizers.config import VQGAN3DConfig
 from halluscope.tokenizers.vqgan import VQTokenizer
 
 
-def conv3(c_in: int, c_out: int, padding: str) -> nn.Conv3d:
-    """A 3×3×3 convolution keeping the size, padded as the config says (see config.PADDINGS)."""
+def conv3(c_in: int, c_out: int, padding: str, causal: bool = False) -> nn.Conv3d:
+    """A 3×3×3 convolution keeping the size, padded as the config says (see config.PADDINGS);
+    causal: two frames in front, none behind."""
+    if causal:
+        return padded_conv(nn.Conv3d(c_in, c_out, 3), padding, causal=True)
     return nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode=padding)
 
 
-def norm(channels: int) -> nn.GroupNorm:
+def norm(channels: int, causal: bool = False) -> nn.GroupNorm:
     # taming uses 32 groups; small presets have fewer channels than that.
-    return nn.GroupNorm(min(32, channels // 4) or 1, channels, eps=1e-6)
+    return (SliceGroupNorm if causal else nn.GroupNorm)(min(32, channels // 4) or 1, channels, eps=1e-6)
 
 
 class ResBlock3D(nn.Module):
-    def __init__(self, c_in: int, c_out: int, cfg: VQGAN3DConfig):
+    def __init__(self, c_in: int, c_out: int, cfg: VQGAN3DConfig, causal: bool = False):
         super().__init__()
-        self.norm1, self.conv1 = norm(c_in), conv3(c_in, c_out, cfg.padding)
-        self.norm2, self.conv2 = norm(c_out), conv3(c_out, c_out, cfg.padding)
+        self.norm1, self.conv1 = norm(c_in, causal), conv3(c_in, c_out, cfg.padding, causal)
+        self.norm2, self.conv2 = norm(c_out, causal), conv3(c_out, c_out, cfg.padding, causal)
         self.dropout = nn.Dropout(cfg.dropout)
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -42,31 +50,26 @@ class ResBlock3D(nn.Module):
 
 
 class Attention3D(nn.Module):
-    """Single-head self-attention over all t*h*w latent positions."""
+    """Single-head self-attention over all t*h*w latent positions; causal: over those of the
+    same latent frame or earlier ones."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, causal: bool = False):
         super().__init__()
-        self.norm, self.qkv, self.proj = norm(c), nn.Conv3d(c, 3 * c, 1), nn.Conv3d(c, c, 1)
+        self.causal = causal
+        self.norm, self.qkv, self.proj = norm(c, causal), nn.Conv3d(c, 3 * c, 1), nn.Conv3d(c, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = x.shape[2:]
         q, k, v = rearrange(self.qkv(self.norm(x)), "b (n c) t h w -> n b 1 (t h w) c", n=3)
-        out = F.scaled_dot_product_attention(q, k, v)
+        mask = leading_axis_mask((t, h, w), x.device) if self.causal else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return x + self.proj(rearrange(out, "b 1 (t h w) c -> b c t h w", t=t, h=h, w=w))
 
 
-class Downsample3D(nn.Module):
-    def __init__(self, c: int, stride: tuple[int, int, int], padding: str):
-        super().__init__()
-        self.stride = stride
-        self.mode = "constant" if padding == "zeros" else padding  # F.pad's name for it
-        self.conv = nn.Conv3d(c, c, 3, stride=stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Like taming's 2D Downsample: pad (0, 1) on a strided axis so a size halves exactly;
-        # (1, 1) keeps an unstrided axis as it is. F.pad lists the last axis first.
-        pad = [p for s in reversed(self.stride) for p in ((0, 1) if s == 2 else (1, 1))]
-        return self.conv(F.pad(x, pad, mode=self.mode))
+def downsample3(c: int, stride: tuple[int, int, int], padding: str, causal: bool = False) -> PaddedDownsample:
+    """Like taming's 2D Downsample: a strided 3×3×3 convolution padded (0, 1) on a strided axis
+    so a size halves exactly, (1, 1) on an unstrided one; causal: time padded in front only."""
+    return PaddedDownsample(padded_conv(nn.Conv3d(c, c, 3, stride=stride), padding, causal))
 
 
 class Upsample3D(nn.Module):
@@ -79,9 +82,9 @@ class Upsample3D(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
 
-def middle(c: int, cfg: VQGAN3DConfig) -> nn.Sequential:
-    attn = Attention3D(c) if cfg.mid_attention else nn.Identity()
-    return nn.Sequential(ResBlock3D(c, c, cfg), attn, ResBlock3D(c, c, cfg))
+def middle(c: int, cfg: VQGAN3DConfig, causal: bool = False) -> nn.Sequential:
+    attn = Attention3D(c, causal) if cfg.mid_attention else nn.Identity()
+    return nn.Sequential(ResBlock3D(c, c, cfg, causal), attn, ResBlock3D(c, c, cfg, causal))
 
 
 class Encoder3D(nn.Module):
@@ -90,18 +93,19 @@ class Encoder3D(nn.Module):
         self.patch = tuple(cfg.patch)
         pt, ph, pw = self.patch
         widths = [cfg.ch * m for m in cfg.ch_mult]
-        self.conv_in = conv3(cfg.in_channels * pt * ph * pw, cfg.ch, cfg.padding)
+        causal = cfg.causal
+        self.conv_in = conv3(cfg.in_channels * pt * ph * pw, cfg.ch, cfg.padding, causal)
         layers, c = [], cfg.ch
         strides = cfg.level_strides() + [None]
         for width, stride in zip(widths, strides):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock3D(c, width, cfg))
+                layers.append(ResBlock3D(c, width, cfg, causal))
                 c = width
             if stride is not None:
-                layers.append(Downsample3D(c, stride, cfg.padding))
+                layers.append(downsample3(c, stride, cfg.padding, causal))
         self.down = nn.Sequential(*layers)
-        self.mid = middle(c, cfg)
-        self.norm_out, self.conv_out = norm(c), conv3(c, cfg.z_channels, cfg.padding)
+        self.mid = middle(c, cfg, causal)
+        self.norm_out, self.conv_out = norm(c, causal), conv3(c, cfg.z_channels, cfg.padding, causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch
