@@ -13,6 +13,7 @@ import torch
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld, write_world
 from halluscope.errors import UserError
+from halluscope.probes.context import context_leak, encode_context
 from halluscope.tokenizers.config import VQGAN3DConfig, VQGANConfig, config_from_dict, config_to_dict
 from halluscope.tokenizers.datasets import open_dataset
 from halluscope.tokenizers.framewise import Framewise
@@ -75,12 +76,8 @@ def continuations(x: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
 
 
 def visible_only(tok, x: torch.Tensor, u: int) -> torch.Tensor:
-    """The probes' visible-only context: the hidden part painted mid-grey at full size, encoded,
-    the first u token rows (latent frames) kept."""
-    start = u * x.shape[2] // tok.grid[0]
-    hidden = x.clone()
-    hidden[:, :, start:] = 0.0
-    return tok.encode(hidden)[:, :u]
+    """The probes' visible-only context (the shown pixels cut out and encoded alone) as a grid."""
+    return encode_context(tok, x, u, "visible").view(len(x), u, *tok.grid[1:])
 
 
 @pytest.mark.slow  # the shared fixture trains four tokenizers: 15 to 30 s
@@ -99,6 +96,8 @@ def test_causal_context_ignores_the_continuation_bit_for_bit(trained, kind):
                 if name == "noise":  # the replacement does reach the rows after the context
                     assert not torch.equal(z[:, :, u], features[:, :, u])
             assert torch.equal(visible_only(tok, x, u), tokens[:, :u])  # full and visible agree
+            for encoding in ("full", "visible"):  # the probes' leak figure is exactly 0 in both modes
+                assert context_leak(tok, x, x.roll(1, 0), u, encoding).eq(0).all()
 
 
 @pytest.mark.slow  # the shared fixture trains four tokenizers: 15 to 30 s
