@@ -55,8 +55,10 @@ class Modality:
 # Both tokenizers make tokens that repeat when the picture repeats, since the probes count
 # token matches: replicate padding (with zeros, even a blank image maps to dozens of codes near
 # its borders) and 64 codes without restarts of unused ones (restarted codes split the flat
-# background into near-identical codes). PSNR is not the point here.
-STABLE_TOKENS = ("--padding", "replicate", "--codebook-size", "64", "--restart-every", "0")
+# background into near-identical codes). PSNR is not the point here. Causal encoders: a
+# context's tokens depend on the shown pixels alone, and equal those of the whole example's
+# encoding the GPT trained on (docs/probes.md, "The context must not contain the answer").
+STABLE_TOKENS = ("--padding", "replicate", "--codebook-size", "64", "--restart-every", "0", "--causal")
 IMAGE = Modality("image", ImageWorld(size=64), ("--kind", "image", *STABLE_TOKENS), tokenizer_batch=8)
 # 16 frames of 64² at (4, 8, 8) pixels per token: a 4×8×8 grid, as long as the image's 16×16.
 CLIP = Modality("clip", VideoWorld(size=64, frames=16, randomness=0.0),
