@@ -51,7 +51,7 @@ def planes(x: torch.Tensor, clip: bool) -> np.ndarray:
 
 def is_foreground(rgb: np.ndarray) -> np.ndarray:
     """bool (...): the pixels (..., 3) that belong to a shape."""
-    return np.linalg.norm(rgb - BACK, axis=-1) > FOREGROUND
+    return ((rgb - BACK) ** 2).sum(-1) > FOREGROUND ** 2
 
 
 def segment(frames: np.ndarray) -> list[np.ndarray]:
@@ -59,17 +59,18 @@ def segment(frames: np.ndarray) -> list[np.ndarray]:
     centroid row, centroid column, area), centroids in pixels from the frame's top-left corner.
     An object is an 8-connected region of foreground pixels; its colour the palette colour
     most of its pixels are nearest to (a blurred edge's intermediate colours do not split it)."""
-    nearest = np.linalg.norm(frames[..., None, :] - COLOURS, axis=-1).argmin(-1).ravel()  # (P·H·W,)
-    labels, count = ndimage.label(is_foreground(frames), IN_PLANE)
+    shape = is_foreground(frames)
+    labels, count = ndimage.label(shape, IN_PLANE)
     if count == 0:
         return [np.zeros((0, 4)) for _ in frames]
-    flat = labels.ravel()
+    flat = labels[shape]  # the foreground pixels' objects, 1..count
+    nearest = ((frames[shape][:, None, :] - COLOURS) ** 2).sum(-1).argmin(1)  # their nearest palette colour
     area = np.bincount(flat, minlength=count + 1)[1:]
-    plane, row, col = (np.bincount(flat, weights=v.ravel(), minlength=count + 1)[1:] / area
+    plane, row, col = (np.bincount(flat, weights=v[shape], minlength=count + 1)[1:] / area
                        for v in np.indices(labels.shape))
-    votes = np.zeros((count + 1, len(COLOURS)), np.int64)
-    np.add.at(votes, (flat, nearest), 1)
-    objects = np.stack([votes[1:].argmax(1), plane, row + 0.5, col + 0.5, area], 1)[area >= MIN_AREA]
+    votes = np.bincount(flat * len(COLOURS) + nearest, minlength=(count + 1) * len(COLOURS))
+    colour = votes.reshape(count + 1, len(COLOURS))[1:].argmax(1)
+    objects = np.stack([colour, plane, row + 0.5, col + 0.5, area], 1)[area >= MIN_AREA]
     return [objects[objects[:, 1] == p][:, [0, 2, 3, 4]] for p in range(len(frames))]
 
 
