@@ -21,7 +21,7 @@ from halluscope.probes.probe import ProbeConfig, plain, run_probe, summarize
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.report import write_redundancy
 from halluscope.probes.samplers import Example, GPTSampler, OracleSampler
-from halluscope.probes.stats import chi2_sf, rank_histogram, ratio_ci
+from halluscope.probes.stats import rank_histogram, ratio_ci
 
 
 def test_ensemble_metrics_known_values():
@@ -61,9 +61,6 @@ def test_ratio_and_uniformity_statistics():
     r = ratio_ci([1.0, 2.0, 3.0, None], [1.0, 1.0, 0.0, 1.0])  # a zero spread is fine in a ratio of sums
     assert r["mean"] == 3.0 and r["n"] == 3 and r["lo"] <= 3.0 <= (r["hi"] or np.inf)
     assert ratio_ci([1.0], [0.0])["mean"] is None
-    assert chi2_sf(3.841459, 1) == pytest.approx(0.05, abs=1e-6)
-    assert chi2_sf(5.991465, 2) == pytest.approx(0.05, abs=1e-6)
-    assert chi2_sf(15.50731, 8) == pytest.approx(0.05, abs=1e-6)
     h = rank_histogram([0, 1, 2, 2, None], 3)
     assert h["counts"] == [1, 1, 2] and h["dof"] == 2 and h["chi2"] == pytest.approx(0.5)
     assert h["p"] == pytest.approx(np.exp(-0.25))  # χ²₂ survival is exp(-x/2)

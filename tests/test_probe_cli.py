@@ -14,12 +14,13 @@ from probe_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld, write_world
+from halluscope.data.token_cache import write_token_cache
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
 from halluscope.probes.samplers import GPTSampler
-from halluscope.tokenizers import build_tokenizer, save_tokenizer
+from halluscope.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
 
 
@@ -136,6 +137,12 @@ def test_probe_mistakes_are_one_line_errors(tmp_path, capsys):
          "violation"),
         (["probe-recognition", "--gpt", str(gpt), "--out", str(tmp_path / "b")], "exactly one"),
         (["probe-report", str(tmp_path / "world"), "--out", str(tmp_path / "c")], "not a probe run"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--baselines", "copy-last,mode"], "unknown baseline 'mode'"),
+        (["probe", "--oracle", "--tokenizer", str(tmp_path / "vq-image"), "--data", str(tmp_path / "world"),
+          "--out", str(tmp_path / "a"), "--baselines", "marginal"], "--train-tokens"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--context", "0.25,0.75", "--target", "0.5"], "after every context"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -159,6 +166,47 @@ def test_report_opens_in_headless_chromium(tmp_path):
                              "--window-size=1400,2000", (tmp_path / "run" / "report.html").as_uri()],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_probe_with_baselines_chance_levels_and_a_fixed_target(tmp_path, capsys):
+    gpt = make_models(tmp_path, "image")
+    write_world(ImageWorld(size=32), tmp_path / "world", 3)
+    # The GPT's training tokens, found as train-gpt leaves them: train_config.json names the cache.
+    tokenizer = load_tokenizer(tmp_path / "vq-image")
+    with torch.no_grad():
+        tokens = tokenizer.encode(torch.stack([ImageWorld(size=32, seed=1).example(i)[0] for i in range(8)]))
+    write_token_cache(tmp_path / "tokens", tokens, tokenizer.vocab_size, [str(i) for i in range(8)])
+    (gpt / "train_config.json").write_text(json.dumps({"tokens": str(tmp_path / "tokens"), "val_fraction": 0.25}))
+    out = tmp_path / "run"
+    assert probe(tmp_path, gpt, tmp_path / "world", out, "--oracle", "--baselines", "copy-last,marginal,shuffled",
+                 "--target", "0.25") == 0
+    assert "36 records" in capsys.readouterr().out  # 3 examples x 2 contexts x (GPT, oracle, 2 baselines, 2 twins)
+    info = json.loads((out / "run.json").read_text())
+    assert info["train_tokens"] == str(tmp_path / "tokens") and info["target"] == 0.25
+    records = lines(out / "records.jsonl")
+    assert {r["sampler"] for r in records} == {"gpt-image T=1", "oracle", "copy-last", "marginal",
+                                                "gpt-image T=1 shuffled", "oracle shuffled"}
+    assert all(r["target"] == 0.25 for r in records)
+    assert {r.get("baseline") for r in records} == {None, "copy-last", "marginal", "shuffled"}
+    groups = json.loads((out / "summary.json").read_text())["groups"]
+    for g in groups:
+        names = " ".join(g["metrics"])
+        for part in ("objects_invented", "objects_dropped", "objects_recoloured", "chance_corrected_match"):
+            assert part in names, (g["sampler"], part)
+        assert ("normalised_skill" in names) == (g["sampler"] != "oracle"), g["sampler"]
+        assert ("context_gain_energy_objects" in g["metrics"]) == (g["context"] == 0.5)
+    gpt_row = next(g for g in groups if g["sampler"] == "gpt-image T=1" and g["context"] == 0.5)
+    assert "context_effect_energy_pixels" in gpt_row["metrics"] and set(gpt_row["verdicts"]) == \
+        {"pixels", "features", "objects"}
+    assert "fixed: last 0.25" in (out / "summary.csv").read_text()
+    html = (out / "report.html").read_text()
+    assert html.index("Objects: hallucination") < html.index("Against baselines") < html.index("Calibration") \
+        < html.index("Like for like") and "fixed: last 0.25" in html
+    assert (out / "plots" / "objects_invented.png").is_file()
+    # The target is part of what a resumed run must share.
+    assert probe(tmp_path, gpt, tmp_path / "world", out, "--oracle", "--resume") == 2
+    assert "target" in capsys.readouterr().err
 
 
 def test_gpt_sampler_names_its_settings():

@@ -53,8 +53,13 @@ def ensemble_metrics(truth: torch.Tensor, samples: torch.Tensor, kind: str, name
                      rng: np.random.Generator) -> dict[str, float]:
     """truth (...), samples (N, ...): skill_{name}, spread_{name}, energy_{name} and
     rank_{name} (distance pre-rank). With N = 1 spread and energy are undefined (NaN)."""
-    d = distance_matrix(torch.cat([truth[None], samples]), kind)  # (N+1, N+1), member 0 the truth
-    n = len(samples)
+    return ensemble_from_distances(distance_matrix(torch.cat([truth[None], samples]), kind), name, rng)
+
+
+def ensemble_from_distances(d: torch.Tensor, name: str, rng: np.random.Generator) -> dict[str, float]:
+    """The same from the (N+1, N+1) float64 distances of the members, member 0 the truth: for
+    distances that are not differences of tensors (objects.py's distance between object sets)."""
+    n = len(d) - 1
     skill = d[0, 1:].mean().item()
     spread = d[1:, 1:].sum().item() / (n * (n - 1)) if n > 1 else float("nan")
     prerank = d.sum(1) / n  # mean distance to the other N members (the diagonal is 0)

@@ -18,6 +18,7 @@ from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_sampling
 from halluscope.io import atomic_path, read_json, write_json
+from halluscope.probes.baselines import make_baselines, parse_baselines, training_marginal
 from halluscope.probes.context import ENCODINGS, context_split, decode_context
 from halluscope.probes.probe import ProbeConfig, run_probe
 from halluscope.probes.recognition import load_pairs, recognition
@@ -25,10 +26,11 @@ from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.report import plot_roc, slug, write_redundancy, write_report
 from halluscope.probes.sample import check_pair, continue_example, load_pair, write_continuations, write_panels
 from halluscope.probes.samplers import GPTSampler, OracleSampler, load_examples
+from halluscope.probes.target import check_target
 from halluscope.tokenizers import load_tokenizer
 
 ENCODING_HELP = ("how the context's tokens are encoded: visible (default) encodes only the pixels the model is "
-                 "shown, the rest painted grey, so they cannot leak the answer; full encodes the whole example and "
+                 "shown, cut out and encoded alone, so they cannot leak the answer; full encodes the whole example and "
                  "keeps its first rows / latent frames (the peers' practice: leaks when the tokenizer is not causal)")
 
 
@@ -117,6 +119,15 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=parse_floats, default=[1.0], help="comma-separated sweep; 1 = no top-p (default 1)")
     p.add_argument("--pool", type=int, default=16,
                    help="other examples' real continuations in each retrieval pool (default 16)")
+    p.add_argument("--baselines", default="",
+                   help="baseline samplers, comma-separated: copy-last (repeat the last context row / latent frame), "
+                        "marginal (each position from the training tokens' marginal), shuffled (each GPT setting "
+                        "and the oracle given another example's context)")
+    p.add_argument("--train-tokens", help="token cache of the training data, for the marginal baseline and the chance "
+                                          "levels (default: the cache the first --gpt was trained on)")
+    p.add_argument("--target", type=float,
+                   help="score only the last fraction of token rows / latent frames, at every context (like-for-like "
+                        "comparisons across contexts); default: the whole continuation")
     p.add_argument("--grids", type=int, default=2, help="examples whose sample grids are written (default 2)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
     p.add_argument("--resume", action="store_true", help="keep the records already in --out and add the missing ones")
@@ -131,8 +142,9 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
 
 
 # What a resumed run must share with the run it continues, or its records would not be comparable.
-RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer", "context_encoding")
-OLD_DEFAULTS = {"context_encoding": "full"}  # what runs written before a key existed did
+RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer", "context_encoding", "target", "train_tokens")
+# What runs written before a key existed did; any other key such a run lacks is not compared.
+OLD_DEFAULTS = {"context_encoding": "full"}
 
 
 def check_run_folder(out: Path, info: dict, resume: bool) -> None:
@@ -143,8 +155,8 @@ def check_run_folder(out: Path, info: dict, resume: bool) -> None:
         return
     if previous.is_file():
         before = read_json(previous, "run description")
-        was = {k: before.get(k, OLD_DEFAULTS.get(k)) for k in RESUME_KEYS}
-        changed = [k for k in RESUME_KEYS if was[k] != info[k]]
+        was = {k: before.get(k, OLD_DEFAULTS.get(k)) for k in RESUME_KEYS if k in before or k in OLD_DEFAULTS}
+        changed = [k for k in was if was[k] != info[k]]
         if changed:
             raise UserError(f"--resume with a different {changed[0]} than the run in {out} "
                             f"({was[changed[0]]!r} there, {info[changed[0]]!r} now)")
@@ -168,6 +180,7 @@ def probe_command(args: argparse.Namespace) -> int:
                                ("--grids", args.grids, 0)]:
         if value < least:
             raise UserError(f"{flag} must be at least {least}, got {value}")
+    baselines = parse_baselines(args.baselines)
     settings = [(t, k or None, None if p == 1 else p)
                 for t, k, p in itertools.product(args.temperature, args.top_k, args.top_p)]
     for t, k, p in settings:
@@ -181,6 +194,7 @@ def probe_command(args: argparse.Namespace) -> int:
     tokenizer_dir = args.tokenizer or pairs[0][0].config.tokenizer
     for c in args.context:
         context_split(tuple(tokenizer.grid), c)
+    check_target(tuple(tokenizer.grid), args.context, args.target)
     names = [Path(g).name for g in args.gpt]
     labels = names if len(set(names)) == len(names) else [str(g) for g in args.gpt]
     samplers = []
@@ -192,12 +206,19 @@ def probe_command(args: argparse.Namespace) -> int:
         if data_world is None:
             raise UserError(f"--oracle needs a world folder (with world.json); {args.data} is not one")
         samplers.append(OracleSampler(data_world, tokenizer))
+    found = training_marginal(tokenizer, args.train_tokens, args.gpt[0] if args.gpt else None,
+                              required="marginal" in baselines)
+    marginal, train_tokens = found if found else (None, None)
+    if marginal is None:
+        print("no training tokens found (pass --train-tokens CACHE): no chance levels or marginal baseline")
+    samplers += make_baselines(baselines, samplers, examples, tokenizer, marginal, args.context_encoding)
     rank, ranks, barrier = distributed()
     out = Path(args.out)
     info = {"data": str(args.data), "tokenizer": str(tokenizer_dir), "gpt": [str(g) for g in args.gpt],
             "oracle": args.oracle, "contexts": args.context, "context_encoding": args.context_encoding,
-            "samples": args.samples, "seed": args.seed,
-            "batch": args.batch, "pool": args.pool, "samplers": [s.name for s in samplers], "examples": len(examples)}
+            "samples": args.samples, "seed": args.seed, "batch": args.batch, "pool": args.pool,
+            "samplers": [s.name for s in samplers], "examples": len(examples), "baselines": baselines,
+            "train_tokens": train_tokens, "target": args.target}
     check_run_folder(out, info, args.resume)
     barrier()  # every rank has seen the folder as it was before rank 0 writes into it
     if rank == 0:
@@ -211,7 +232,8 @@ def probe_command(args: argparse.Namespace) -> int:
                          out / "grids" / f"{k:03d}_context{context:g}_{slug(sampler.name)}", args.video_format)
 
     config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool,
-                         encoding=args.context_encoding)
+                         encoding=args.context_encoding, target=args.target,
+                         marginal=None if marginal is None else marginal.to(args.device))
     records = run_probe(examples, tokenizer, samplers, config, out, resume=args.resume, on_samples=keep_grid,
                         shard=(rank, ranks), barrier=barrier)
     if ranks > 1:

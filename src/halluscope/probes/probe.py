@@ -29,15 +29,16 @@ import torch
 from tqdm import tqdm
 
 from halluscope.io import atomic_path, read_jsonl, write_json
-from halluscope.probes import calibration, metrics
+from halluscope.probes import calibration, metrics, objects, skill
 from halluscope.probes.context import context_leak, context_split, cut, encode_context
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.samplers import Example, GPTSampler, Sampler
 from halluscope.probes.stats import bootstrap_ci, rank_histogram, ratio_ci
+from halluscope.probes.target import describe, scored_split
 
 RECORDS, SUMMARY_JSON, SUMMARY_CSV = "records.jsonl", "summary.json", "summary.csv"
-DISTANCES = ("tokens", "pixels", "features")  # the spaces spread-skill is measured in
-RANKS = ("tokens", "pixels", "features", "nll")  # the pre-ranks of the rank histograms
+DISTANCES = ("tokens", "pixels", "features", "objects")  # the spaces spread-skill is measured in
+RANKS = ("tokens", "pixels", "features", "objects", "nll")  # the pre-ranks of the rank histograms
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ProbeConfig:
     pool: int = 16  # other examples' real continuations in each retrieval pool
     redundancy: bool = True  # also each GPT's teacher-forced redundancy curve (probes/redundancy.py)
     encoding: str = "visible"  # how context tokens are encoded (probes/context.py)
+    target: float | None = None  # score only the last `target` of rows / latent frames (probes/target.py)
+    marginal: torch.Tensor | None = None  # (L, V) training tokens' per-position marginal: the chance levels
 
 
 @dataclass
@@ -107,40 +110,63 @@ def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int, uni
 
 @torch.no_grad()
 def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tensor, context: float,
-            tokenizer: torch.nn.Module, rng: np.random.Generator) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+            tokenizer: torch.nn.Module, rng: np.random.Generator, example: Example | None = None,
+            config: ProbeConfig | None = None) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """(metrics, decoded samples (N, 3, ...), entropy map or None) of one example's N
     continuations `new` (N, L - context_tokens) drawn by `sampler`; `rng` breaks rank ties.
     Spread-skill compares like with like: decoded samples with the decoded truth tokens (the
-    reconstruction), so tokenizer error does not count as the sampler's."""
+    reconstruction), so tokenizer error does not count as the sampler's. What is scored is
+    the whole continuation, or the config's fixed target (probes/target.py); a world example
+    (with meta) adds its object and foreground figures, a config with the training marginal
+    the chance-corrected ones."""
     grid = tuple(truth.tokens.shape)
     units, n_ctx = context_split(grid, context)
+    start, n_start = scored_split(grid, units, config.target if config else None)
+    skip = n_start - n_ctx  # continuation tokens before the target
     seq = truth.given(units)  # the context the sampler was given, then the real continuation
     n = len(new)
     full = torch.cat([seq[None, :n_ctx].expand(n, -1), new], 1)  # (N, L)
     pixels = tokenizer.decode(full.view(n, *grid)).clamp(-1, 1)  # (N, 3, ...)
+    # A sample that is the truth token for token decodes to the reconstruction; decoding in
+    # another batch size differs in the last float bits, which would read as a nonzero distance.
+    same = (full == truth.tokens.flatten()[None]).all(1)
+    pixels[same] = truth.reconstruction.to(pixels.dtype)
+    target, drawn = seq[n_start:], new[:, skip:]
     out = {"context_leak": truth.leak[units], "context_agreement": truth.agreement[units]}
-    out.update(metrics.token_metrics(seq[n_ctx:], new))
-    out.update(calibration.ensemble_metrics(seq[n_ctx:], new, calibration.HAMMING, "tokens", rng))
+    out.update(metrics.token_metrics(target, drawn))
+    out.update(calibration.ensemble_metrics(target, drawn, calibration.HAMMING, "tokens", rng))
+    world = example is not None and example.meta is not None
+    foreground = objects.foreground_tokens(truth.pixels, grid).flatten()[n_start:] if world else None
+    marginal = config.marginal[n_start:] if config is not None and config.marginal is not None else None
+    out.update(skill.chance_metrics(target, drawn, marginal, foreground))
     entropy = None
     if hasattr(sampler, "score"):
         scored = sampler.score(torch.cat([seq[None], full]), n_ctx)  # row 0: the truth
+        scored = {k: v[:, skip:] for k, v in scored.items()}
         out.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
         out.update(calibration.likelihood_calibration(scored["logprob"][0], scored["logprob"][1:], rng))
-        entropy = metrics.entropy_map(scored["entropy"][0], grid, n_ctx)
-    region = cut(pixels, grid, units)
-    raw, recon = cut(truth.pixels, grid, units), cut(truth.reconstruction, grid, units)
+        entropy = metrics.entropy_map(scored["entropy"][0], grid, n_start)
+    region = cut(pixels, grid, start)
+    raw, recon = cut(truth.pixels, grid, start), cut(truth.reconstruction, grid, start)
     out.update(metrics.distance_metrics(raw, region, "pixel_", pixels=True))
     out.update(metrics.distance_metrics(recon, region, "recon_", pixels=True))
     out["floor_rate"] = calibration.floor_rate(raw, region, recon)
     out.update(calibration.ensemble_metrics(recon, region, calibration.RMS, "pixels", rng))
     out["pixel_diversity"] = metrics.pairwise_mse(region)
-    feats = tokenizer.features(pixels).flatten(2)[:, :, n_ctx:]  # (N, D, L - n_ctx)
-    out.update(metrics.distance_metrics(truth.features[:, n_ctx:], feats, "feature_"))
-    out.update(calibration.ensemble_metrics(truth.recon_features[:, n_ctx:], feats, calibration.RMS, "features", rng))
+    if world:
+        shape = objects.foreground_pixels(raw, clip=len(grid) == 3).to(raw.device)
+        out["foreground_pixel_mse_mean"] = (region - raw[None]).pow(2)[:, :, shape].mean().item() if shape.any() \
+            else float("nan")
+        out.update(objects.object_metrics(recon, region, raw, rng))
+    feats = tokenizer.features(pixels).flatten(2)[:, :, n_start:]  # (N, D, target tokens)
+    feats[same] = truth.recon_features[:, n_start:].to(feats.dtype)
+    out.update(metrics.distance_metrics(truth.features[:, n_start:], feats, "feature_"))
+    out.update(calibration.ensemble_metrics(truth.recon_features[:, n_start:], feats, calibration.RMS, "features", rng))
     out["feature_diversity"] = metrics.pairwise_mse(feats)
     out["vendi"] = metrics.vendi_score(feats)
-    pool = torch.stack([cut(o.pixels, grid, units) for o in others]) if others else region[:0]
-    out["retrieval"] = metrics.retrieval_rate(cut(truth.pixels, grid, units), region, pool)
+    pool = torch.stack([cut(o.pixels, grid, start) for o in others]) if others else region[:0]
+    out["retrieval"] = metrics.retrieval_rate(raw, region, pool)
+    out["retrieval_chance"] = 1 / (len(pool) + 1) if len(pool) else float("nan")
     return out, pixels, entropy
 
 
@@ -191,9 +217,11 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
                     continue
                 others = [truths[(k + d) % len(truths)] for d in range(1, min(config.pool, len(truths) - 1) + 1)]
                 rng = np.random.default_rng([seed, k])  # rank ties: the same draw on resume
-                values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer, rng)
+                values, pixels, entropy = measure(truths[k], others, sampler, drawn, context, tokenizer, rng,
+                                                  examples[k], config)
                 record = {"example": examples[k].id, "index": k, "kind": tokenizer.kind, "context": context,
-                          "context_encoding": config.encoding, "samples": config.samples, "sampler": sampler.name, **sampler.settings, "seed": seed,
+                          "context_encoding": config.encoding, "target": config.target, "samples": config.samples,
+                          "sampler": sampler.name, **sampler.settings, "seed": seed,
                           "metrics": {m: clean(v) for m, v in values.items()}}
                 if entropy is not None:
                     record["entropy_map"] = [clean(v) for v in entropy.flatten().tolist()]
@@ -255,7 +283,9 @@ def plain(settings: dict) -> bool:
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (kind, sampler, context): each metric's mean and bootstrap 95% interval
     over examples; spread_skill_{distance} = Σ skill / Σ spread over examples with its
-    bootstrap interval; the pooled rank histograms with their chi-square uniformity test."""
+    bootstrap interval; the pooled rank histograms with their chi-square uniformity test;
+    then the figures that pair rows: against baselines and the oracle, the effect of the
+    context, and calibration verdicts (probes/skill.py)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["kind"], r["sampler"], r["context"]), []).append(r)
@@ -271,18 +301,22 @@ def summarize(records: list[dict]) -> list[dict]:
                       for d in RANKS if f"rank_{d}" in names}
         for d, h in histograms.items():  # the uniformity p-value also goes to the CSV, without an interval
             stats[f"rank_{d}_p"] = {"mean": h["p"], "lo": None, "hi": None, "n": int(sum(h["counts"]))}
-        settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p")}
-        rows.append({"kind": kind, "sampler": sampler, "context": context, "examples": len(rs),
+        settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p", "baseline", "of")}
+        rows.append({"kind": kind, "sampler": sampler, "context": context, "target": rs[0].get("target"),
                      "context_encoding": rs[0].get("context_encoding", "full"),  # older records: full
-                     "settings": settings, "plain": plain(settings), "metrics": dict(sorted(stats.items())),
-                     "rank_histograms": histograms})
+                     "examples": len(rs), "settings": settings, "plain": plain(settings),
+                     "metrics": dict(sorted(stats.items())), "rank_histograms": histograms})
+    skill.compare(rows, records)
     return rows
 
 
 def add_redundancy(rows: list[dict], curves: dict[str, list[dict]]) -> None:
     """Each GPT sampler's row gains its GPT's redundancy and information (bits per token) at
-    its context: teacher-forced, so the same for every sampling setting of one GPT."""
+    its context: teacher-forced, so the same for every sampling setting of one GPT (not for
+    its shuffled twin, which is not given the context the curve scores)."""
     for row in rows:
+        if row["settings"].get("baseline"):
+            continue
         for point in curves.get(row["settings"]["gpt"], []):
             if point["context"] == row["context"]:
                 row["metrics"]["redundancy"] = point["redundancy"]
@@ -296,9 +330,10 @@ def write_summary(records: list[dict], out: Path, curves: dict[str, list[dict]] 
     write_json(out / SUMMARY_JSON, {"groups": rows, "redundancy": curves or {}})
     with atomic_path(out / SUMMARY_CSV) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["kind", "sampler", "context", "examples", "metric", "mean", "ci_lo", "ci_hi", "n"])
+        w.writerow(["kind", "sampler", "context", "target", "examples", "metric", "mean", "ci_lo", "ci_hi", "n", "p"])
         for row in rows:
             for m, s in row["metrics"].items():
-                w.writerow([row["kind"], row["sampler"], row["context"], row["examples"], m,
-                            *("" if s[k] is None else f"{s[k]:.6g}" for k in ("mean", "lo", "hi")), s["n"]])
+                w.writerow([row["kind"], row["sampler"], row["context"], describe(row["target"]), row["examples"], m,
+                            *("" if s.get(k) is None else f"{s[k]:.6g}" for k in ("mean", "lo", "hi")), s["n"],
+                            "" if s.get("p") is None else f"{s['p']:.6g}"])
     return rows

@@ -8,6 +8,8 @@ continuation less likely.
     AUC      = P(nll(v) > nll(r)) + ½ P(nll(v) = nll(r)) over all (real, violation) clips
                (Mann-Whitney; 0.5 = chance, 1 = every violation scores worse than every real clip)
     paired   = 1/P Σ_pairs [nll(violation) > nll(real)]
+    auc_p    = the two-sided Mann-Whitney U test of AUC = 0.5
+    paired_p = the two-sided sign test of paired = 0.5 (pairs with equal NLLs left out)
 
 A twin shares its real clip's context pixels; its context tokens are encoded from the shown
 pixels alone (`visible`, the default), so both are scored after the same context tokens, and
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm import tqdm
 
 from halluscope.data import load_clip, load_image
@@ -30,28 +33,25 @@ from halluscope.errors import UserError
 from halluscope.gpt.model import GPT
 from halluscope.probes.context import context_split, encode_context
 from halluscope.probes.samplers import check_world_fits, world_from_folder, world_lines
-from halluscope.probes.stats import bootstrap_ci
+from halluscope.probes.stats import bootstrap_ci, interval, resampled, sign_test
 
 
 def roc_auc(negatives: list[float], positives: list[float]) -> float:
     """P(a positive scores above a negative), ties counting one half: the area under the ROC
-    curve of the score as a detector of positives."""
-    neg, pos = np.asarray(negatives, dtype=float), np.asarray(positives, dtype=float)
-    if len(neg) == 0 or len(pos) == 0:
+    curve of the score as a detector of positives (the Mann-Whitney U of the positives over
+    the number of pairs)."""
+    if len(negatives) == 0 or len(positives) == 0:
         raise UserError("the recognition probe needs at least one real clip and one violation")
-    above = (pos[:, None] > neg[None]).mean()
-    ties = (pos[:, None] == neg[None]).mean()
-    return float(above + 0.5 * ties)
+    u = stats.mannwhitneyu(np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)).statistic
+    return float(u / (len(negatives) * len(positives)))
 
 
-def auc_ci(negatives: list[float], positives: list[float], resamples: int = 1000, seed: int = 0) -> dict:
+def auc_ci(negatives: list[float], positives: list[float], seed: int = 0) -> dict:
     """The AUC of paired scores and its 95% percentile-bootstrap interval, resampling pairs
     (a real clip with its own twin) with replacement."""
-    neg, pos = np.asarray(negatives), np.asarray(positives)
-    rng = np.random.default_rng(seed)
-    draws = [roc_auc(neg[i], pos[i]) for i in rng.integers(0, len(neg), size=(resamples, len(neg)))]
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"mean": roc_auc(negatives, positives), "lo": float(lo), "hi": float(hi), "n": len(neg)}
+    v = np.column_stack([negatives, positives]).astype(np.float64)
+    draws = resampled(v, roc_auc, seed, vectorized=False) if len(v) > 1 else None
+    return interval(roc_auc(negatives, positives), draws, len(v))
 
 
 def roc_curve(negatives: list[float], positives: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,9 @@ def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[tuple[str, tor
     summary = {"pairs": len(records), "context": context, "context_encoding": encoding,
                "context_differs": float(np.mean([r["context_differs"] for r in records])),
                "auc": roc_auc(real, bad), "auc_ci": auc_ci(real, bad),
+               "auc_p": float(stats.mannwhitneyu(bad, real).pvalue),
                "paired_accuracy": float(np.mean([r["gap"] > 0 for r in records])),
+               "paired_p": sign_test(sum(r["gap"] > 0 for r in records), sum(r["gap"] != 0 for r in records)),
                "gap": bootstrap_ci([r["gap"] for r in records]),
                "nll_real": bootstrap_ci(real), "nll_violation": bootstrap_ci(bad)}
     return records, summary

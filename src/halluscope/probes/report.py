@@ -20,12 +20,21 @@ from halluscope.errors import UserError
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.probe import RECORDS, SUMMARY_JSON
 from halluscope.probes.recognition import roc_curve
+from halluscope.probes.skill import BASELINES, JOINT, MARGIN
+from halluscope.probes.target import describe
 
 matplotlib.use("Agg")  # files only; never a window
 from matplotlib import pyplot as plt
 
-# (metric, axis label): the curves a report shows when the runs measured them.
+# (metric, axis label): the curves a report shows when the runs measured them; objects first.
 CURVES = [
+    ("objects_invented", "objects invented per frame (vs the decoded truth)"),
+    ("objects_dropped", "objects dropped per frame"),
+    ("objects_recoloured", "objects recoloured per frame"),
+    ("objects_position_error", "position error of matched objects (pixels)"),
+    ("energy_objects", "energy score, objects (GOSPA; lower is better)"),
+    ("spread_skill_objects", "spread-skill ratio R, objects (1 = calibrated)"),
+    ("chance_corrected_match", "chance-corrected token match (0 = the marginal's)"),
     ("match_mean", "ground-truth token match (mean of N)"),
     ("match_best", "ground-truth token match (best of N)"),
     ("diversity", "pairwise token Hamming diversity"),
@@ -38,18 +47,30 @@ CURVES = [
     ("nll_truth", "NLL of the ground truth (nats/token)"),
     ("typicality_gap", "NLL(truth) − NLL(own samples)"),
     ("entropy", "mean predictive entropy (nats)"),
-    ("spread_skill_tokens", "spread-skill ratio R, tokens (1 = calibrated)"),
+    ("spread_skill_tokens", "spread-skill ratio R, tokens (marginals only)"),
     ("spread_skill_pixels", "spread-skill ratio R, pixels (1 = calibrated)"),
     ("energy_pixels", "energy score, pixels (RMS; lower is better)"),
     ("typicality_z", "typicality z: (NLL(truth) − mean NLL(samples)) / sd"),
     ("floor_rate", "samples within the tokenizer's reconstruction floor"),
     ("redundancy", "redundancy R(k) = 1 − H(Y|C_k)/H(Y)"),
 ]
-# The headline: per model × modality × context, is it right, and is it honest about it?
-HEADLINE_COLUMNS = ["match_mean", "exact_rate", "floor_rate", "retrieval", "spread_skill_tokens", "spread_skill_pixels",
-                    "typicality_z", "redundancy"]
-SUMMARY_COLUMNS = ["match_mean", "match_best", "exact_rate", "diversity", "recon_psnr_best", "vendi", "retrieval",
-                   "nll_truth", "typicality_gap"]
+# The lead table: hallucination counted in objects, against the oracle's level and the tokenizer's floor.
+OBJECT_COLUMNS = ["objects_truth", "objects_invented", "objects_dropped", "objects_recoloured",
+                  "objects_position_error", "energy_objects", "relative_energy_objects", "tokenizer_objects_invented",
+                  "tokenizer_objects_dropped", "tokenizer_objects_recoloured"]
+CHANCE_COLUMNS = ["match_mean", "chance_match", "chance_corrected_match", "foreground_share", "foreground_match_mean",
+                  "foreground_chance_corrected_match", "retrieval", "retrieval_chance"]
+SKILL_METRICS = ["energy_objects", "objects_invented", "energy_pixels", "chance_corrected_match"]
+SKILL_COLUMNS = [f"normalised_skill_{m}_vs_{b}" for m in SKILL_METRICS for b in BASELINES] + \
+    [f"context_effect_{m}" for m in SKILL_METRICS]
+# Calibration: verdicts only from distances that see joint structure; token R is shown, never judged.
+CALIBRATION_COLUMNS = ["spread_skill_pixels", "spread_skill_features", "spread_skill_objects", "relative_energy_pixels",
+                       "relative_energy_features", "relative_energy_objects", "spread_skill_tokens", "typicality_z",
+                       "redundancy"]
+GAIN_COLUMNS = [f"context_gain_{m}" for m in ["energy_objects", "objects_invented", "objects_position_error",
+                                              "energy_pixels", "chance_corrected_match"]]
+SUMMARY_COLUMNS = ["match_mean", "match_best", "exact_rate", "floor_rate", "diversity", "recon_psnr_best", "vendi",
+                   "retrieval", "nll_truth", "typicality_gap"]
 MEDIA = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
@@ -164,39 +185,48 @@ def embed(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
-def fmt(stats: dict | None) -> str:
+def fmt(stats: dict | None, interval: bool = True) -> str:
+    """mean [lo, hi] (a None bound unbounded), with a paired test's p when there is one; a
+    value without an interval (a test's p-value) with interval=False."""
     if not stats or stats["mean"] is None:
         return "–"
-    bound = [f"{stats[k]:.3g}" if stats[k] is not None else ("−∞" if k == "lo" else "∞") for k in ("lo", "hi")]
-    if stats["lo"] is None and stats["hi"] is None:  # a value without an interval (a test's p-value)
+    if not interval:
         return f"{stats['mean']:.3g}"
-    return f"{stats['mean']:.3g} <small>[{bound[0]}, {bound[1]}]</small>"
+    bound = [f"{stats[k]:.3g}" if stats[k] is not None else ("−∞" if k == "lo" else "∞") for k in ("lo", "hi")]
+    p = f" p {stats['p']:.2g}" if stats.get("p") is not None else ""
+    return f"{stats['mean']:.3g} <small>[{bound[0]}, {bound[1]}]{p}</small>"
 
 
-def verdict(row: dict) -> str:
-    """What the token spread-skill interval says: R = 1 (the truth looks like one more sample),
-    R > 1 (the samples agree with each other more than with the truth), R < 1."""
-    r = row["metrics"].get("spread_skill_tokens")
-    if not r or r["mean"] is None:
-        return "–"
-    if r["lo"] is not None and r["lo"] > 1:
-        return "confidently wrong (R > 1)"
-    if r["hi"] is not None and r["hi"] < 1:
-        return "over-dispersed (R < 1)"
-    return "calibrated (R ≈ 1)"
-
-
-def summary_table(rows: list[dict], columns: list[str], with_verdict: bool = False) -> str:
+def summary_table(rows: list[dict], columns: list[str], verdicts: bool = False) -> str:
+    """Rows × the columns any row has, each cell mean [95% interval]; with `verdicts`, each
+    spread-skill column of a joint distance is followed by its calibration verdict."""
     columns = [c for c in columns if any(c in r["metrics"] for r in rows)]
-    head = "".join(f"<th>{c}</th>" for c in ["run", "kind", "sampler", "context", "examples", *columns])
-    head += "<th>verdict</th>" if with_verdict else ""
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (r["run"], r["kind"], r["sampler"], r["context"],
-                                                                     r["examples"]))
-        + "".join(f"<td>{fmt(r['metrics'].get(c))}</td>" for c in columns)
-        + (f"<td>{verdict(r)}</td>" if with_verdict else "") + "</tr>"
-        for r in rows)
+    if not columns:
+        return ""
+    heads = []
+    for c in columns:
+        heads.append(c)
+        if verdicts and c.removeprefix("spread_skill_") in JOINT:
+            heads.append("verdict")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", "kind", "sampler", "context", "target", "examples",
+                                                           *heads])
+
+    def cells(r: dict) -> str:
+        out = "".join(f"<td>{html.escape(str(v))}</td>" for v in (r["run"], r["kind"], r["sampler"], r["context"],
+                                                                  describe(r.get("target")), r["examples"]))
+        for c in columns:
+            out += f"<td>{fmt(r['metrics'].get(c), interval=not c.endswith('_p'))}</td>"
+            if verdicts and c.removeprefix("spread_skill_") in JOINT:
+                out += f"<td>{html.escape((r.get('verdicts') or {}).get(c.removeprefix('spread_skill_'), '–'))}</td>"
+        return out
+
+    body = "".join(f"<tr>{cells(r)}</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def section(title: str, text: str, table: str) -> str:
+    """A report section, or nothing when its table is empty (no run measured its figures)."""
+    return f"<h2>{html.escape(title)}</h2><p>{text}</p>{table}" if table else ""
 
 
 def plot_rank_histograms(rows: list[dict], path: Path) -> Path | None:
@@ -222,7 +252,8 @@ def plot_rank_histograms(rows: list[dict], path: Path) -> Path | None:
 
 
 
-STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img,video{max-width:100%;margin:4px}
 .plots img{width:32%;min-width:380px}
 .grids img{height:120px;image-rendering:pixelated}small{color:#666}h3{font-size:14px;margin:1em 0 0}"""
@@ -272,15 +303,38 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     if info:
         parts.append(f"<pre>{html.escape(json.dumps(info, indent=1, sort_keys=True))}</pre>")
     plain, tempered = [r for r in rows if r.get("plain", True)], [r for r in rows if not r.get("plain", True)]
-    parts += ["<h2>Headline: plain sampling (temperature 1, no top-k / top-p)</h2>",
-              ("<p>Calibration is judged only on samples drawn from the model's own distribution. R = spread-skill "
-               "ratio (1: the truth looks like one more sample; &gt; 1: confidently wrong; &lt; 1: over-dispersed); "
-               "typicality z &gt; 0: the truth is less likely than the model's own samples; redundancy: share of "
-               "H(Y) the context explains (teacher-forced).</p>"),
-              summary_table(plain, HEADLINE_COLUMNS, with_verdict=True), leak_table(rows)]
-    if tempered:
-        parts += ["<h2>Tempered or truncated sampling (reported apart: it narrows samples and inflates matches)</h2>",
-                  summary_table(tempered, HEADLINE_COLUMNS)]
+    parts += [section("Objects: hallucination counted in objects",
+                      "Each decoded continuation is segmented by the world's palette and its objects matched to those "
+                      "of the decoded truth: per frame, objects <b>invented</b> (in the sample, not the truth), "
+                      "<b>dropped</b>, <b>recoloured</b>, and the position error (pixels) of the matched ones. Where "
+                      "the truth is uncertain even the oracle invents and drops objects: its row is the level "
+                      "uncertainty alone explains, and relative_energy_objects = a sampler's object energy score / "
+                      "the oracle's (1: as good). tokenizer_objects_*: the decoded truth against the raw truth, the "
+                      "tokenizer's own floor.", summary_table(rows, OBJECT_COLUMNS)),
+              leak_table(rows),
+              section("Against chance", "chance_match: the match rate expected of a sampler drawing each position "
+                      "from the training tokens' marginal; chance_corrected_match = (match − chance) / (1 − chance), "
+                      "0 at chance level. foreground_*: the positions whose true patch holds a shape. "
+                      "retrieval_chance: 1 / (pool + 1).", summary_table(rows, CHANCE_COLUMNS)),
+              section("Against baselines", "normalised_skill_m_vs_b = (m(sampler) − m(b)) / (m(oracle) − m(b)): 1 "
+                      "as good as the oracle, 0 no better than the baseline b (shuffled: the same sampler given "
+                      "another example's context); an interval [−∞, ∞]: the data cannot tell the oracle from b. "
+                      "context_effect_m = m(sampler) − m(its shuffled twin), with the Wilcoxon signed-rank p.",
+                      summary_table(rows, SKILL_COLUMNS)),
+              section("Calibration: plain sampling (temperature 1, no top-k / top-p)",
+                      "Verdicts come only from distances that see joint structure (pixels, features, objects): "
+                      f"<b>calibrated</b> when R's 95% interval lies inside [{MARGIN[0]:g}, {MARGIN[1]:g}], "
+                      "<b>inconclusive</b> when it holds 1 but reaches outside, <b>under-dispersed</b> (R &gt; 1, "
+                      "confidently wrong) or <b>over-dispersed</b> (R &lt; 1) otherwise. Token R depends only on each "
+                      "position's marginal (the marginal baseline scores 1), so it gets no verdict. "
+                      "relative_energy_d: the energy score over the oracle's.",
+                      summary_table(plain, CALIBRATION_COLUMNS, verdicts=True)),
+              section("Tempered or truncated sampling", "Reported apart: it narrows samples and inflates matches.",
+                      summary_table(tempered, CALIBRATION_COLUMNS)),
+              section("Like for like across contexts (fixed target)", "Every context scores the same target; "
+                      "context_gain_m = m(this context) − m(the run's shortest context), paired over examples, with "
+                      "the Wilcoxon signed-rank p.", summary_table([r for r in rows if "reference_context" in r],
+                                                                   GAIN_COLUMNS))]
     parts += ["<h2>All summaries (mean [95% bootstrap interval] over examples)</h2>",
               summary_table(rows, SUMMARY_COLUMNS),
               "<h2>Curves</h2><div class='plots'>", *(embed(p, p.stem) for p in plots), "</div>",
