@@ -25,9 +25,12 @@ from halluscope.data.media import write_gif
 from halluscope.data.videos import VIDEO_SUFFIXES
 from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_sampling
-from halluscope.probes import calibration, metrics
-from halluscope.probes.context import check_encoding, cut, shown
+from halluscope.probes import metrics
+from halluscope.probes.context import check_encoding, shown
+from halluscope.probes.probe import measure as probe_measure
+from halluscope.probes.probe import prepare
 from halluscope.probes.sample import Continuations, continue_example
+from halluscope.probes.samplers import Example, GPTSampler
 
 MAX_UPLOAD_MB = 64
 MAX_SAMPLES = 16
@@ -157,20 +160,15 @@ def sample_request(model: Model, x: torch.Tensor, units: int, settings: Settings
 
 
 def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
-    """The probe metrics of one request as table rows (metric, value, what it means), and the
-    predictive entropy along the ground truth at each position (*grid), NaN over the context."""
-    n_ctx = r.context_tokens
-    tokens = r.tokens.flatten(1)  # (N, L)
-    truth = torch.cat([tokens[0, :n_ctx], r.truth_tokens.flatten()[n_ctx:]])  # (L,) the given context, then the truth
-    m = metrics.token_metrics(truth[n_ctx:], tokens[:, n_ctx:])
-    scored = model.gpt.score(torch.cat([truth[None], tokens]), n_ctx)  # row 0: the truth
-    m.update(metrics.likelihood_metrics({k: v[0] for k, v in scored.items()}, scored["logprob"][1:]))
-    rng = np.random.default_rng(0)  # rank ties
-    m.update(calibration.likelihood_calibration(scored["logprob"][0], scored["logprob"][1:], rng))
-    m.update(calibration.ensemble_metrics(truth[n_ctx:], tokens[:, n_ctx:], calibration.HAMMING, "tokens", rng))
+    """The probe's metrics of one request (probes/probe.py `measure`, the very function a probe
+    run uses) as table rows (metric, value, what it means), and the predictive entropy along
+    the ground truth at each position (*grid), NaN over the context."""
+    truth = prepare([Example(id="request", pixels=r.truth)], model.tokenizer, 1, [r.context_units],
+                    r.context_encoding)[0]
+    new = r.tokens.flatten(1)[:, r.context_tokens:]
+    m, _, entropy = probe_measure(truth, [], GPTSampler(model.gpt, model.name), new, r.context_units / r.grid[0],
+                                  model.tokenizer, np.random.default_rng(0))  # the generator breaks rank ties
     ratio = m["skill_tokens"] / m["spread_tokens"] if m["spread_tokens"] > 0 else float("nan")
-    hidden = cut(r.truth, r.grid, r.context_units)
-    m.update(metrics.distance_metrics(hidden, cut(r.samples.clamp(-1, 1), r.grid, r.context_units), "", pixels=True))
     table = [("match rate", m["match_mean"], "share of continuation tokens equal to the ground truth's"),
              ("match rate, best sample", m["match_best"], "the same, for the closest sample"),
              ("exact reproductions", m["exact_rate"], "share of samples equal to the ground truth"),
@@ -180,10 +178,11 @@ def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
              ("spread-skill R (tokens)", ratio, "distance to the truth / distance between samples: "
               "1 honest, > 1 confidently wrong, < 1 over-dispersed (one example: noisy)"),
              ("typicality z", m["typicality_z"], "NLL of the truth vs the samples', in their standard deviations"),
-             ("truth's NLL rank", m["rank_nll"], f"samples more likely than the truth, of {len(tokens)}"),
-             ("PSNR best (dB)", m["psnr_best"], "closest sample to the ground truth, hidden part"),
-             ("PSNR mean (dB)", m["psnr_mean"], "mean over samples, hidden part")]
-    entropy = metrics.entropy_map(scored["entropy"][0], r.grid, n_ctx)
+             ("truth's NLL rank", m["rank_nll"], f"samples more likely than the truth, of {len(new)}"),
+             ("PSNR best (dB)", m["pixel_psnr_best"], "closest sample to the ground truth, hidden part"),
+             ("PSNR mean (dB)", m["pixel_psnr_mean"], "mean over samples, hidden part"),
+             ("context agreement", m["context_agreement"], "share of the context tokens equal to the whole "
+              "input's encoding (1: the context encoding changed nothing)")]
     return [[name, round(value, 4), meaning] for name, value, meaning in table], entropy
 
 
