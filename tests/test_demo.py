@@ -14,18 +14,22 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_models(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| sampler | modality | context | match rate |" in printed
+    assert "| sampler | modality | context | objects invented | objects dropped | objects recoloured |" in printed
     assert "finding at context 0.5:" in printed and "report.html" in printed
     for modality, grid in (("image", [16, 16]), ("clip", [4, 8, 8])):
         assert json.loads((out / modality / "tokens" / "manifest.json").read_text())["grid"] == grid
         summary = json.loads((out / "probes" / modality / "summary.json").read_text())["groups"]
-        # the GPT and the oracle, at each of the three context fractions
-        assert sorted((g["sampler"] == "oracle", g["context"]) for g in summary) == \
-            [(False, 0.25), (False, 0.5), (False, 0.75), (True, 0.25), (True, 0.5), (True, 0.75)]
+        # the GPT, the oracle and the baselines (each of the first two also shuffled), at each context
+        assert sorted({g["sampler"] for g in summary}) == sorted(
+            ["model T=1", "oracle", "copy-last", "marginal", "model T=1 shuffled", "oracle shuffled"])
+        assert {g["context"] for g in summary} == {0.25, 0.5, 0.75} and len(summary) == 6 * 3
+        assert all(g["context_encoding"] == "visible" and g["metrics"]["context_leak"]["mean"] == 0
+                   for g in summary)
     # the oracle of a deterministic clip world reproduces the ground truth exactly
     clip_oracle = [g for g in summary if g["sampler"] == "oracle"]
     assert all(g["metrics"]["match_mean"]["mean"] == 1.0 for g in clip_oracle)
-    assert sorted(p.suffix for p in (out / "probes" / "clip" / "grids").iterdir()) == [".gif"] * 2 * 3 * 2
+    grids = sorted(p.suffix for p in (out / "probes" / "clip" / "grids").iterdir())
+    assert grids == [".gif"] * 2 * 3 * 6  # examples x contexts x samplers
     assert json.loads((out / "recognition" / "recognition.json").read_text())
     assert (out / "report" / "report.html").stat().st_size > 10_000
 
