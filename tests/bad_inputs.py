@@ -6,7 +6,8 @@ Each case writes its files, names the command line to run, and says the expected
 - "skip": the command succeeds, the bad file is skipped and counted (in the token cache's
   manifest, with a reason holding `expect`), the good one beside it is used;
 - "read": the command succeeds and uses the odd-but-valid file (16-bit PNG, CMYK JPEG, ...).
-Hostile cases also name a marker file that must never appear (code that ran).
+Hostile cases also name a marker file that must never appear (code that ran); a case may put
+stand-in programs (a fake `gs`) in its bin/, which is put first on PATH while it runs.
 
 tests/test_reliability_inputs.py runs every case; run this file to write the corpus and print
 the table that docs/reliability.md records:
@@ -24,6 +25,7 @@ import io
 import json
 import logging
 import math
+import os
 import pathlib
 import pickle
 import shutil
@@ -40,7 +42,8 @@ from typing import Callable
 import av
 import numpy as np
 import torch
-from PIL import Image
+import yaml
+from PIL import EpsImagePlugin, Image
 
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld, write_token_cache, write_video
@@ -50,6 +53,7 @@ from halluscope.gpt.model import GPT
 from halluscope.io import load_model_folder, save_model_folder
 from halluscope.tokenizers import build_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
+from halluscope.tokenizers.config import config_to_dict
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers, also when run as a script
 from conftest import Exploit  # noqa: E402
@@ -135,14 +139,39 @@ def marker(c: Corpus, name: str) -> Path:
 # ----------------------------------------------------------------------------- images
 
 
-def png_header_only(path: Path, width: int, height: int) -> None:
-    """A valid PNG signature and header claiming width x height, with almost no pixel data:
-    how a decompression bomb looks before it is decoded."""
+def png_chunks(path: Path, width: int, height: int, idat: bytes) -> None:
+    """A PNG of width x height RGB pixels whose compressed pixel data is `idat`."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature and header claiming width x height, with almost no pixel data:
+    how a decompression bomb looks before it is decoded."""
+    png_chunks(path, width, height, zlib.compress(b"\0" * 64))
+
+
+def png_of_zeros(path: Path, width: int, height: int) -> None:
+    """A real, decodable PNG of width x height black pixels: a few hundred KB on disk,
+    width * height * 3 bytes once decoded (9400² is the issue's 258 KB, 265 MB bomb)."""
+    z = zlib.compressobj(6)
+    row = b"\0" * (1 + 3 * width)  # filter byte + RGB
+    png_chunks(path, width, height, b"".join(z.compress(row) for _ in range(height)) + z.flush())
+
+
+def video_of_zeros(path: Path, side: int, frames: int = 2) -> None:
+    """An MP4 (MPEG-4 part 2) of black side² frames: 190 KB for two frames of 4096², each
+    50 MB once decoded."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width = stream.height = side
+        for t in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
+            frame.pts = t
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
 @case("images", "zero-byte .png in a folder", "skip", "0 bytes")
@@ -173,6 +202,55 @@ def image_text_named_png(c, name):
 def image_decompression_bomb(c, name):
     data, bad = c.folder(name, "bomb.png")
     png_header_only(bad, 60000, 60000)
+    return c.tokenize(name, data)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def stand_in_gs(c: Corpus, name: str) -> None:
+    """A `gs` in the case's bin/ that writes the marker: Pillow runs `gs` on any EPS it opens."""
+    gs = mkdir(c.root / name / "bin") / "gs"
+    gs.write_text(f"#!/bin/sh\necho ran >> '{marker(c, name)}'\nexit 1\n")
+    gs.chmod(0o755)
+
+
+@case("images", "EPS named .png given as --input, with a stand-in `gs` on PATH (Pillow would run it)", "error",
+      "not an image", marker=True)
+def image_eps_input(c, name):
+    stand_in_gs(c, name)
+    path = c.root / name / "drawing.png"
+    path.write_bytes(EPS)
+    return c.sample(name, input=path)
+
+
+@case("images", "EPS named .png in a folder, with a stand-in `gs` on PATH", "skip", "not an image", marker=True)
+def image_eps_in_folder(c, name):
+    data, bad = c.folder(name, "drawing.png")
+    stand_in_gs(c, name)
+    bad.write_bytes(EPS)
+    return c.tokenize(name, data)
+
+
+@case("images", "TIFF named .png (a format the suffixes do not promise)", "skip", "not an image")
+def image_tiff_named_png(c, name):
+    data, bad = c.folder(name, "scan.png")
+    Image.new("RGB", (40, 40), (0, 0, 255)).save(bad, format="TIFF")
+    return c.tokenize(name, data)
+
+
+@case("images", "decompression bomb: a real 258 KB PNG of 9400 x 9400 (under Pillow's own limit)", "skip",
+      "too large to decode safely")
+def image_real_bomb(c, name):
+    data, bad = c.folder(name, "bomb.png")
+    png_of_zeros(bad, 9400, 9400)
+    return c.tokenize(name, data)
+
+
+@case("images", "a FIFO named .png in a folder (a reader would wait forever)", "skip", "not a regular file")
+def image_fifo(c, name):
+    data, bad = c.folder(name, "pipe.png")
+    os.mkfifo(bad)
     return c.tokenize(name, data)
 
 
@@ -282,6 +360,22 @@ def video_wrong_extension(c, name):
     return c.tokenize(name, data, video=True)
 
 
+@case("videos", "MP4 of 4096 x 4096 frames, 190 KB (decoded: 50 MB a frame)", "skip",
+      "frames too large to decode safely")
+def video_frames_too_large(c, name):
+    data, bad = c.folder(name, "huge.mp4", video=True)
+    video_of_zeros(bad, 4096)
+    return c.tokenize(name, data, video=True)
+
+
+@case("videos", "text file named .mp4 holding an ffconcat script that reads another file", "skip",
+      "not a video container this reads")
+def video_ffconcat_script(c, name):
+    data, bad = c.folder(name, "playlist.mp4", video=True)
+    bad.write_text("ffconcat version 1.0\nfile good.mp4\n")  # FFmpeg's concat demuxer would follow it
+    return c.tokenize(name, data, video=True)
+
+
 @case("videos", "text file named .avi", "skip", "unreadable video")
 def video_text_named_avi(c, name):
     data, bad = c.folder(name, "notes.avi", video=True)
@@ -322,6 +416,29 @@ def tokenizer_missing_key(c, name):
     weights.pop(sorted(weights)[0])
     save_model_folder(c.root / name / "vq", config, weights)
     return c.sample(name, "--tokenizer", str(c.root / name / "vq"))
+
+
+@case("checkpoints", "GPT whose weights hold NaN", "error", "logits are not finite")
+def gpt_nan_weights(c, name):
+    def poison(path):
+        config, weights = load_model_folder(path.parent)
+        weights["head.weight"][0, 0] = float("nan")
+        save_model_folder(path.parent, config, weights)
+    return c.sample(name, "--tokenizer", str(c.root / "vq"), gpt=gpt_copy(c, name, edit_weights=poison))
+
+
+@case("checkpoints", "GPT config with 4 layers, weights with 2 (checked from the file's header)", "error",
+      "do not fit the GPT config: missing weight `blocks.2")
+def gpt_more_layers_than_weights(c, name):
+    return c.sample(name, gpt=gpt_copy(c, name, edit_config=lambda cfg: {**cfg, "n_layer": 4}))
+
+
+@case("checkpoints", "minGPT checkpoint whose token embedding is 3-D, import-gpt", "error",
+      "a token embedding is (vocab, width)")
+def mingpt_embedding_3d(c, name):
+    path = mkdir(c.root / name) / "gpt.pt"
+    torch.save({"tok_emb.weight": torch.zeros(4, 4, 4), "pos_emb": torch.zeros(1, 4, 4)}, path)
+    return ["import-gpt", "--ckpt", str(path), "--n-layer", "1", "--n-head", "1", "--out", str(c.root / name / "o")]
 
 
 def evil_payload(c: Corpus, name: str) -> dict:
@@ -450,6 +567,112 @@ def yaml_python_tag(c, name):
     return ["import-taming", "--config", str(config), "--ckpt", str(ckpt), "--out", str(c.root / name / "vq")]
 
 
+def gpt_config_case(name: str, what: str, key: str, value: str, expect: str) -> None:
+    """A GPT config.json whose `key` holds the JSON text `value` (1e400 and NaN need the text)."""
+    def build(c, case_name):
+        folder = gpt_copy(c, case_name)
+        text = (folder / "config.json").read_text()
+        config = json.loads(text)
+        config[key] = "@"
+        (folder / "config.json").write_text(json.dumps(config).replace('"@"', value))
+        return c.sample(case_name, gpt=folder)
+    CASES.append(Case(name, "configs", what, "error", expect, build))
+
+
+gpt_config_case("gpt-vocab-fraction", "GPT config vocab_size: 1.5", "vocab_size", "1.5",
+                "vocab_size must be a whole number, got 1.5")
+gpt_config_case("gpt-block-size-1e400", "GPT config block_size: 1e400 (JSON reads it as inf)", "block_size", "1e400",
+                "block_size must be a whole number, got inf")
+gpt_config_case("gpt-dropout-nan", "GPT config dropout: NaN", "dropout", "NaN", "dropout must be a finite number")
+gpt_config_case("gpt-negative-n-cond", "GPT config n_cond: -1", "n_cond", "-1", "n_cond must be in [0, 65536], got -1")
+gpt_config_case("gpt-layers-1e7", "GPT config n_layer: 1e7 (building it would take hours)", "n_layer", "1e7",
+                "n_layer must be a whole number")
+gpt_config_case("gpt-layers-ten-million", "GPT config n_layer: 10000000", "n_layer", "10000000",
+                "n_layer must be in [1, 1024], got 10000000")
+
+
+def tokenizer_config_case(name: str, what: str, edit: Callable[[dict], dict], expect: str) -> None:
+    def build(c, case_name):
+        folder = shutil.copytree(c.root / "vq", c.root / case_name / "vq")
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(edit(config)))
+        return c.sample(case_name, "--tokenizer", str(folder))
+    CASES.append(Case(name, "configs", what, "error", expect, build))
+
+
+tokenizer_config_case("tokenizer-res-blocks-1e8", "tokenizer config num_res_blocks: 1e8",
+                      lambda cfg: {**cfg, "num_res_blocks": 1e8}, "num_res_blocks must be a whole number")
+tokenizer_config_case("tokenizer-negative-ch", "tokenizer config ch: -32", lambda cfg: {**cfg, "ch": -32},
+                      "ch must be in [1, 4096], got -32")
+tokenizer_config_case("tokenizer-empty-ch-mult", "tokenizer config ch_mult: []", lambda cfg: {**cfg, "ch_mult": []},
+                      "ch_mult must be a list of 1 to 8 whole numbers")
+tokenizer_config_case("tokenizer-3d-huge-patch", "3D tokenizer config patch: [1, 1e6, 1]",
+                      lambda cfg: {**config_to_dict(tokenizer_preset("video", "tiny")), "patch": [1, 10**6, 1]},
+                      "patch[1] must be in [1, 64]")
+
+
+def taming_yaml_case(name: str, what: str, key: str, value, expect: str) -> None:
+    """A taming YAML whose ddconfig `key` holds `value`."""
+    def build(c, case_name):
+        config, ckpt = write_taming(mkdir(c.root / case_name), taming_model())
+        doc = yaml.safe_load(config.read_text())
+        doc["model"]["params"]["ddconfig"][key] = value
+        config.write_text(yaml.safe_dump(doc))
+        return ["import-taming", "--config", str(config), "--ckpt", str(ckpt), "--out", str(c.root / case_name / "vq")]
+    CASES.append(Case(name, "configs", what, "error", expect, build))
+
+
+taming_yaml_case("yaml-negative-ch", "taming YAML with ch: -32", "ch", -32, "ch must be in [1, 4096], got -32")
+taming_yaml_case("yaml-res-blocks", "taming YAML with num_res_blocks: 100000000", "num_res_blocks", 100000000,
+                 "num_res_blocks must be in [0, 64]")
+taming_yaml_case("yaml-ch-mult-text", "taming YAML with ch_mult: a string", "ch_mult", "1,2",
+                 "ch_mult must be a list")
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+@case("model folders", "GPT config.json a symlink to /dev/zero (a reader would fill memory)", "error",
+      "is a device, not a regular file")
+def config_dev_zero(c, name):
+    folder = gpt_copy(c, name)
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to("/dev/zero")
+    return c.sample(name, gpt=folder)
+
+
+@case("model folders", "GPT config.json a FIFO (a reader would wait forever)", "error", "is a FIFO")
+def config_fifo(c, name):
+    folder = gpt_copy(c, name)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    return c.sample(name, gpt=folder)
+
+
+@case("model folders", "GPT model.safetensors a FIFO", "error", "is a FIFO")
+def weights_fifo(c, name):
+    folder = gpt_copy(c, name)
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    return c.sample(name, gpt=folder)
+
+
+@case("model folders", "config.json of 2 MB", "error", "is larger than 1,048,576 bytes")
+def config_too_large(c, name):
+    folder = gpt_copy(c, name)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "padding": "x" * (2 << 20)}))
+    return c.sample(name, gpt=folder)
+
+
+@case("model folders", "tokenize --tokenizer given a training run's folder (which holds model/)", "error",
+      "is a training run's folder, not a model folder; pass")
+def tokenize_run_folder(c, name):
+    run = mkdir(c.root / name / "tokenizer-run")
+    shutil.copytree(c.root / "vq", run / "model")
+    return ["tokenize", "--tokenizer", str(run), "--data", str(c.root), "--out", str(c.root / name / "cache")]
+
+
 # ----------------------------------------------------------------------------- pairs
 
 
@@ -499,6 +722,24 @@ def cache_token_out_of_range(c, name):
     return c.train_gpt(name, cache)
 
 
+@case("token caches", "shard holding negative tokens (int32)", "error", "holds token -3, outside its vocabulary")
+def cache_negative_tokens(c, name):
+    cache = c.cache(name)
+    shard = cache / "shards" / "shard_00000.npy"
+    tokens = np.load(shard).astype(np.int32)
+    tokens[0, 0, 0] = -3
+    np.save(shard, tokens)
+    return c.train_gpt(name, cache)
+
+
+@case("token caches", "shard holding floats", "error", "holds float64 values, not token ids")
+def cache_float_shard(c, name):
+    cache = c.cache(name)
+    shard = cache / "shards" / "shard_00000.npy"
+    np.save(shard, np.load(shard).astype(np.float64))
+    return c.train_gpt(name, cache)
+
+
 @case("token caches", "manifest naming a shard outside the cache (../)", "error", "outside the cache")
 def cache_shard_outside(c, name):
     cache = c.cache(name)
@@ -520,6 +761,8 @@ for value in ("0", "1", "1.5"):
               lambda c, name, v=value: c.sample(name, "--context", v))
 flag_case("samples-0", "sample --samples 0", "--samples must be at least 1",
           lambda c, name: c.sample(name) + ["--samples", "0"])
+flag_case("samples-ten-million", "sample --samples 10000000 (a 650 GiB key/value cache)", "need about",
+          lambda c, name: c.sample(name) + ["--samples", "10000000"])
 flag_case("temperature-negative", "sample --temperature -1", "temperature must be a positive",
           lambda c, name: c.sample(name, "--temperature", "-1"))
 flag_case("temperature-inf", "sample --temperature inf", "temperature must be a positive",
@@ -559,6 +802,11 @@ def run(c: Corpus, case: Case) -> Result:
     would (a SystemExit from argparse is its exit code); any other exception propagates."""
     argv = case.build(c, case.name)
     stderr = io.StringIO()
+    stand_ins = c.root / case.name / "bin"
+    path = os.environ["PATH"]
+    if stand_ins.is_dir():
+        os.environ["PATH"] = f"{stand_ins}{os.pathsep}{path}"
+        EpsImagePlugin.gs_binary = None  # Pillow remembers whether it found a `gs`: look again
     # The data layer's warnings reach stderr through logging's last resort, which pytest
     # replaces with its own capture: route them to the same place in both.
     warnings_to_stderr = logging.StreamHandler(stderr)
@@ -571,6 +819,7 @@ def run(c: Corpus, case: Case) -> Result:
             code = e.code
         finally:
             log.removeHandler(warnings_to_stderr)
+            os.environ["PATH"] = path
     manifest = c.root / case.name / "cache" / "manifest.json"
     return Result(code, stderr.getvalue(), json.loads(manifest.read_text()) if argv[0] == "tokenize" and
                   manifest.is_file() else None)

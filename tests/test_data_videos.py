@@ -181,3 +181,13 @@ def test_folders_without_usable_videos_and_bad_single_files_are_user_errors(tmp_
         load_clip(tmp_path / "short.mp4", 8, 4)
     with pytest.raises(UserError, match="stride must be a positive number"):
         VideoFolder(tmp_path, 8, frames=2, stride=0)
+
+
+def test_timestamps_spread_over_years_are_refused_not_allocated():
+    """Two frames a billion seconds apart, read at 16 fps, would be 32 billion output frames
+    (the last frame lasts as long as the gap before it)."""
+    from halluscope.data.folder import BadFile
+
+    assert len(videos.frame_map(np.array([0.0, 1.0]), 16)) == 32
+    with pytest.raises(BadFile, match="too long: its timestamps span 2000000000 s"):
+        videos.frame_map(np.array([0.0, 1e9]), 16)

@@ -183,3 +183,32 @@ def test_condition_mistakes_are_user_errors():
             model.generate(prefix, 4, cond=cond)
         with pytest.raises(UserError, match=message):
             model.score(prefix, 2, cond=cond)
+
+
+def test_non_finite_logits_are_one_error():
+    model = tiny()
+    with torch.no_grad():
+        model.head.weight[5, 0] = float("nan")  # token 5's logit is NaN in every row
+    with pytest.raises(UserError, match="logits are not finite"):
+        model.generate(torch.tensor([1, 2]), 4, num_samples=3)
+
+
+def test_a_sampling_request_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    import halluscope.device
+
+    model = tiny()
+    monkeypatch.setattr(halluscope.device, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
+    model.generate(torch.tensor([1, 2]), 4, num_samples=2)  # a few KB: fine
+    # 2 layers x (keys, values) x 10000 rows x 6 positions x 64 wide x 4 bytes, and 4 x 10000 x 37 logits: 67 MB
+    with pytest.raises(UserError, match=r"10000 samples of 6 tokens need about 0.1 GiB; 0.0 GiB is free on cpu"):
+        model.generate(torch.tensor([1, 2]), 4, num_samples=10000)
+
+
+def test_the_time_budget_stops_sampling_with_one_error():
+    from halluscope.deadline import time_budget
+
+    model = tiny()
+    with time_budget(10):
+        model.generate(torch.tensor([1, 2]), 4)
+    with time_budget(0), pytest.raises(UserError, match="ran past its time budget of 0 s"):
+        model.generate(torch.tensor([1, 2]), 4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ DISPLAY_PX = 192  # small model inputs (32², 64²) are enlarged to at least thi
 SWEEP_POINTS = 8  # most context sizes one sweep tries
 OUTPUTS = "outputs"  # the cache's folder of request files (the page serves it)
 KEEP_OUTPUTS_S = 3600  # request folders older than this are removed when a new one is made
+KEEP_UPLOADS_S = 3600  # uploads (and gradio's copies of outputs) older than this are deleted
 
 
 @dataclass
@@ -111,14 +112,29 @@ def example_files(model: Model, cache: Path) -> list[Path]:
     return paths
 
 
+def delete_old(folder: Path, age: float) -> int:
+    """Delete the files under `folder` last changed more than `age` seconds ago, then the
+    folders that leaves empty (deepest first); return how many files went. What another
+    request removes first is skipped."""
+    now, deleted = time.time(), 0
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # gone already, or a folder not empty
+            info = path.lstat()
+            if now - info.st_mtime <= age:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                path.rmdir()
+            else:
+                path.unlink()
+                deleted += 1
+    return deleted
+
+
 def request_dir(cache: Path) -> Path:
-    """A new folder for one request's files; folders older than KEEP_OUTPUTS_S are removed."""
+    """A new folder for one request's files; those older than KEEP_OUTPUTS_S are removed."""
     root = cache / OUTPUTS
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.iterdir():
-        with contextlib.suppress(FileNotFoundError):  # another request may be removing it too
-            if time.time() - old.stat().st_mtime > KEEP_OUTPUTS_S:
-                shutil.rmtree(old, ignore_errors=True)
+    delete_old(root, KEEP_OUTPUTS_S)
     return Path(tempfile.mkdtemp(dir=root))
 
 

@@ -5,14 +5,15 @@ outside the root can be reached from the page."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
+from halluscope.io import CONFIG_NAME, read_config
 from halluscope.gpt.model import GPT
 from halluscope.probes.sample import check_pair
 from halluscope.tokenizers import Tokenizer, load_tokenizer
@@ -44,43 +45,63 @@ class Model:
                 f"{t.vocab_size} codes · GPT {self.gpt.num_params() / 1e6:.2f}M parameters")
 
 
-def gpt_tokenizer(folder: Path) -> Path | None:
-    """The tokenizer folder a GPT folder's config names, resolved, or None when it names none."""
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("kind") != "gpt" or not config.get("tokenizer"):
+def gpt_tokenizer(folder: Path, root: Path) -> Path | None:
+    """The tokenizer folder (resolved) a GPT folder's config.json names, or None when the folder
+    holds another kind of model; a GPT that cannot be offered is a UserError saying why."""
+    config = read_config(folder / CONFIG_NAME)
+    if config.get("kind") != "gpt":
         return None
-    return (folder / config["tokenizer"]).resolve()
+    named = config.get("tokenizer")
+    if not isinstance(named, str) or not named:
+        raise UserError("its config names no tokenizer")
+    tokenizer = (folder / named).resolve()
+    if not tokenizer.is_relative_to(root):
+        raise UserError(f"its tokenizer {tokenizer} lies outside --models {root}, and the app opens nothing "
+                        "outside it: move the tokenizer under it, or pass a --models folder holding both")
+    if not (tokenizer / CONFIG_NAME).is_file():
+        raise UserError(f"its tokenizer {tokenizer} has no {CONFIG_NAME}")
+    return tokenizer
 
 
 class ModelStore:
-    """The GPT folders under `root` by name, loaded on first use and kept (CPU or `device`)."""
+    """The GPT folders under `root` by name, loaded on first use and kept (CPU or `device`):
+    the `keep` most recently used ones, so that clients choosing model after model cannot
+    make the server hold them all. `skipped` lists (folder, reason) for every GPT folder (or
+    unreadable config.json) found but not offered."""
 
-    def __init__(self, root: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, root: str | os.PathLike, device: str = "cpu", keep: int = 2):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise UserError(f"models folder not found: {root} (run `halluscope demo` first, or pass --models DIR)")
-        self.device = device
-        self.loaded: dict[str, Model] = {}
+        if keep < 1:
+            raise UserError(f"the app must keep at least one model loaded, got {keep}")
+        self.device, self.keep = device, keep
+        self.loaded: OrderedDict[str, Model] = OrderedDict()
         self.lock = threading.Lock()
-        self.folders = self.discover()
+        self.folders, self.tokenizers, self.skipped = {}, {}, []
+        self.discover()
         if not self.folders:
-            raise UserError(f"no GPT model folders (config.json with kind \"gpt\" and a tokenizer) under {root}")
+            reasons = "".join(f"; skipped {self.root / name}: {reason}" for name, reason in self.skipped[:3])
+            raise UserError(f"no GPT model folders (config.json with kind \"gpt\" and a tokenizer) under {root}"
+                            + reasons)
 
-    def discover(self) -> dict[str, Path]:
-        """name -> GPT folder, for every GPT folder under the root whose tokenizer is under it too.
-        A training run's intermediate checkpoints/ are left out: the run's model/ is the one to try."""
-        found = {}
-        for config in sorted(self.root.rglob("config.json")):
+    def discover(self) -> None:
+        """Fill `folders` (name -> GPT folder), `tokenizers` (name -> its tokenizer folder) and
+        `skipped`, for every config.json under the root. Only GPTs whose tokenizer lies under
+        the root too are offered. A training run's intermediate checkpoints/ are left out
+        silently: the run's model/ is the one to try."""
+        for config in sorted(self.root.rglob(CONFIG_NAME)):
             folder = config.parent
+            name = folder.relative_to(self.root).as_posix()
             if "checkpoints" in folder.relative_to(self.root).parts:
                 continue
-            try:
-                tokenizer = gpt_tokenizer(folder)
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-                continue  # a half-written or foreign folder is not a model to offer
-            if tokenizer is not None and tokenizer.is_relative_to(self.root) and (tokenizer / "config.json").is_file():
-                found[folder.relative_to(self.root).as_posix()] = folder
-        return found
+            try:  # a stray, half-written or hostile config.json is skipped, never fatal
+                tokenizer = gpt_tokenizer(folder, self.root)
+            except UserError as e:
+                self.skipped.append((name, str(e)))
+                continue
+            if tokenizer is not None:
+                self.folders[name], self.tokenizers[name] = folder, tokenizer
 
     @property
     def names(self) -> list[str]:
@@ -91,9 +112,11 @@ class ModelStore:
             raise UserError(f"unknown model {name!r}; pick one of: {', '.join(self.names)}")
         with self.lock:  # two first requests for one model load it once
             if name not in self.loaded:
-                folder = self.folders[name]
-                gpt = load_gpt(folder, self.device)
-                tokenizer = load_tokenizer(gpt_tokenizer(folder)).to(self.device)
+                gpt = load_gpt(self.folders[name], self.device)
+                tokenizer = load_tokenizer(self.tokenizers[name]).to(self.device)
                 check_pair(gpt, tokenizer)
                 self.loaded[name] = Model(name, gpt, tokenizer)
+                while len(self.loaded) > self.keep:  # requests still using it keep it until they finish
+                    self.loaded.popitem(last=False)
+            self.loaded.move_to_end(name)
             return self.loaded[name]

@@ -9,15 +9,21 @@ may hold the server's paths)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import os
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from halluscope.app import inference
+from halluscope.app.guard import Guard
 from halluscope.app.models import Model, ModelStore
+from halluscope.deadline import time_budget
 from halluscope.errors import UserError
 
 TITLE = "halluscope · conditional sampling"
@@ -30,12 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def readable_errors(fn):
-    """Run a handler, showing a user's mistake as a gr.Error message and anything else as one
-    line that names no server path (the traceback goes to the server's log)."""
+    """Run a handler (an App's: within its time budget per request), showing a user's mistake
+    as a gr.Error message and anything else as one line that names no server path (the
+    traceback goes to the server's log)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with time_budget(getattr(args[0], "time_budget", None) if args else None):
+                return fn(*args, **kwargs)
         except UserError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:
@@ -65,10 +73,11 @@ def sampling_settings(samples: float, temperature: float, top_k: float | None, t
 
 
 class App:
-    """The handlers, bound to one ModelStore and one cache folder (examples, request files)."""
+    """The handlers, bound to one ModelStore and one cache folder (examples, request files);
+    each request may run for `time_budget` seconds (None: no limit)."""
 
-    def __init__(self, store: ModelStore, cache: Path):
-        self.store, self.cache = store, Path(cache)
+    def __init__(self, store: ModelStore, cache: Path, time_budget: float | None = None):
+        self.store, self.cache, self.time_budget = store, Path(cache), time_budget
 
     def examples(self, model: Model) -> dict[str, Path]:
         return {p.name: p for p in inference.example_files(model, self.cache)}
@@ -129,12 +138,15 @@ class App:
         return inference.sweep(model, x, settings, progress)
 
 
-def build(store: ModelStore, cache: str | os.PathLike) -> gr.Blocks:
+def build(store: ModelStore, cache: str | os.PathLike, time_budget: float | None = None) -> gr.Blocks:
     """The page for the models in `store`; world examples of the first model are written into
-    `cache` now, those of another when it is picked."""
-    app = App(store, Path(cache))
+    `cache` now, those of another when it is picked. Uploads (and gradio's copies of the
+    outputs) older than inference.KEEP_UPLOADS_S are deleted as the server runs."""
+    app = App(store, Path(cache), time_budget)
     first = store.get(store.names[0])
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:  # nothing leaves the machine
+    sweep_every = max(1, min(300, inference.KEEP_UPLOADS_S // 2))
+    with gr.Blocks(title=TITLE, analytics_enabled=False,  # nothing leaves the machine
+                   delete_cache=(sweep_every, inference.KEEP_UPLOADS_S)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             model = gr.Dropdown(store.names, value=first.name, label="model", scale=1)
@@ -182,20 +194,52 @@ def build(store: ModelStore, cache: str | os.PathLike) -> gr.Blocks:
     return demo
 
 
+def sweeper(folders: list[Path], age: float):
+    """A lifespan for the server: every age/2 seconds (at most 5 minutes), what is older than
+    `age` under `folders` is deleted (`inference.delete_old`), until the server stops."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async def loop():
+            while True:
+                await asyncio.sleep(max(1.0, min(300.0, age / 2)))
+                for folder in folders:
+                    await asyncio.to_thread(inference.delete_old, folder, age)
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+    return lifespan
+
+
 def launch(store: ModelStore, cache: str | os.PathLike, host: str = "127.0.0.1", port: int | None = 7860,
-           share: bool = False, concurrency: int = 2, block: bool = True) -> gr.Blocks:
+           share: bool = False, concurrency: int = 2, block: bool = True, time_budget: float | None = 300
+           ) -> gr.Blocks:
     """Serve the page. At most `concurrency` requests run at once (the rest wait in a queue of
-    at most 64), so several users cannot exhaust memory. `block=False` returns at once
-    (tests, benchmarks); call `.close()` on the result to stop it.
+    at most 64, of which one client may hold only a few: see app/guard.py), so several users
+    cannot exhaust memory; each runs for at most `time_budget` seconds. `block=False` returns
+    at once (tests, benchmarks); call `.close()` on the result to stop it.
+
+    Uploads and gradio's copies of the outputs are deleted after inference.KEEP_UPLOADS_S:
+    those gradio tracks by gradio itself (delete_cache); when gradio's folder lies inside
+    `cache` (as `halluscope app` arranges), everything in it, by the sweeper, which also
+    removes what gradio leaves untracked (an empty temporary file per upload read).
 
     gradio serves files only from its own folders, the working directory, the system temp
     folder and `allowed_paths`: the cache's examples and request outputs are allowed by name,
     wherever the cache lies, and nothing else of it. show_error stays off, so an exception
     outside a handler reaches a client without its text (which may name server paths)."""
-    demo = build(store, cache)
+    demo = build(store, cache, time_budget)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     served = [str(Path(cache).resolve() / part) for part in ("examples", inference.OUTPUTS)]
+    max_bytes = inference.MAX_UPLOAD_MB * 2**20
+    # An upload POST carries one file and its multipart framing: a little over one file's limit.
+    guard = Middleware(Guard, queue=lambda: getattr(demo, "_queue", None), upload_dir=get_upload_folder,
+                       max_upload_bytes=max_bytes + 64 * 1024)
+    uploads = Path(get_upload_folder()).resolve()
+    owned = [uploads] if uploads.is_relative_to(Path(cache).resolve()) else []
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=False,
                 allowed_paths=served, max_file_size=f"{inference.MAX_UPLOAD_MB}mb",
-                ssr_mode=False, quiet=not block, footer_links=["api"])
+                ssr_mode=False, quiet=not block, footer_links=["api"],
+                app_kwargs={"middleware": [guard], "lifespan": sweeper(owned, inference.KEEP_UPLOADS_S)})
     return demo

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -51,8 +52,12 @@ def find_files(root: Path, suffixes: Sequence[str]) -> list[Path]:
 
 def check_not_empty(path: Path) -> None:
     """Zero-byte files are the commonest bad file (an interrupted copy); name them plainly
-    instead of passing on a decoder's vaguer complaint."""
-    if path.stat().st_size == 0:
+    instead of passing on a decoder's vaguer complaint. A FIFO or a device named like an
+    image would block a decoder or never end: only regular files are read."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise BadFile("not a regular file (a FIFO, a device or a socket)")
+    if info.st_size == 0:
         raise BadFile("empty file (0 bytes)")
 
 
@@ -67,7 +72,7 @@ def read_single(path: str | os.PathLike, read: Callable[[Path], Result]) -> Resu
     """`read(path)` for one file the user named: there is nothing to skip to, so a bad file
     is a UserError naming it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise UserError(f"file not found: {path}")
     try:
         check_not_empty(path)

@@ -28,13 +28,16 @@ def square(pixels: np.ndarray, resolution: int) -> torch.Tensor:
 
     The central square (side = the shorter side) is kept, which is the same picture as
     "resize the shorter side to R, then center-crop", but resizes fewer pixels. Bilinear
-    with antialiasing: it averages properly when shrinking and never overshoots [-1, 1]
-    (bicubic would). A square already of side R is returned untouched, bit for bit.
+    with antialiasing: it averages properly when shrinking and never overshoots (bicubic
+    would). The resize runs on the uint8 pixels, rounding to the nearest level, and only its
+    result becomes float: a large frame never exists as float32 (4 bytes a channel). A square
+    already of side R is returned untouched, bit for bit.
     """
     n, h, w, _ = pixels.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    x = to_float(pixels[:, top:top + side, left:left + side])  # (N, 3, side, side)
+    crop = np.require(pixels[:, top:top + side, left:left + side], requirements=["C", "W"])
+    x = rearrange(torch.from_numpy(crop), "n h w c -> n c h w")  # uint8, a view (channels last in memory)
     if side != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1.0, 1.0)  # float rounding only
+    return x.float() / 127.5 - 1.0

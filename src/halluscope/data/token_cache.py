@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from halluscope.errors import UserError
-from halluscope.io import atomic_path, read_json, write_json
+from halluscope.io import atomic_path, open_regular, read_json, write_json
 
 MANIFEST = "manifest.json"
 VERSION = 1
@@ -82,11 +82,16 @@ class TokenCache:
         outside = [f for f in files if not f.resolve().is_relative_to(self.path.resolve())]
         if outside:  # a manifest names only its own shards
             raise UserError(f"token cache manifest {self.path / MANIFEST} names a shard outside the cache: {outside[0]}")
+        for f in files:  # a FIFO would block np.load forever
+            os.close(open_regular(f, "token cache shard"))
         try:
             self.shards = [np.load(f, mmap_mode="r") for f in files]
         except (OSError, ValueError) as e:
             raise UserError(f"token cache {self.path} is damaged: {e}") from None
         for s, array in zip(shards, self.shards):
+            if array.dtype.kind not in "iu" or array.dtype == np.uint64:  # token ids are integers that fit int64
+                raise UserError(f"token cache {self.path} is damaged: {s['file']} holds {array.dtype} values, "
+                                f"not token ids ({token_dtype(self.vocab_size)})")
             if array.shape != (s["count"], *self.grid):
                 raise UserError(f"token cache {self.path} is damaged: {s['file']} holds {array.shape}, "
                                 f"the manifest says {(s['count'], *self.grid)}")

@@ -11,6 +11,13 @@ decodes only from there), PyAV when decord is missing or fails on a file (decord
 for one, on frames 8, 16, 24 or 48 pixels wide). The scan that lists a file's frames uses
 PyAV's demuxer: it decodes nothing, and it reports a bad file as a Python exception with a
 reason, where decord also prints C++ error lines of its own.
+
+Only the containers the suffixes promise are opened (FFmpeg's mov/mp4, avi and matroska/webm
+demuxers): FFmpeg would otherwise pick a demuxer by content, and a text file named .mp4 holding
+an ffconcat script makes it read other files. Frames over MAX_FRAME_PIXELS are refused from the
+stream headers, before a frame is decoded, whichever stream a backend would pick: decord is
+told the size to decode to, and PyAV checks every frame it decodes (a stream can change size
+midway). Both checks run with PyAV before decord ever opens the file.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ except ImportError:  # no wheel for some platforms; PyAV reads everything decord
     decord = None
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+# DCI 4K: a 16-frame clip of such frames is 425 MB of uint8 pixels before it is resized.
+MAX_FRAME_PIXELS = 4096 * 2160
+MAX_OUTPUT_FRAMES = 1 << 20  # frames read at --fps: 18 hours at 16 fps; more is a timestamp bomb
+DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm"  # FFmpeg's names for what VIDEO_SUFFIXES promise
 # What the decoders raise on a damaged file (PyAV's FFmpegError, decord's DECORDError or a
 # RuntimeError, an index past what was actually decoded).
 DECODE_ERRORS = (BadFile, av.error.FFmpegError, RuntimeError, ValueError, IndexError, OSError) + (
@@ -52,13 +63,39 @@ def reason(e: Exception) -> str:
     return text.strip().splitlines()[0]
 
 
+def open_video(path: Path) -> av.container.InputContainer:
+    """PyAV's container for `path`, opened only by one of DEMUXERS. Raises BadFile."""
+    try:
+        return av.open(str(path), container_options={"format_whitelist": DEMUXERS})
+    except av.error.ArgumentError:  # what FFmpeg says of a demuxer outside the list
+        raise BadFile("not a video container this reads (MP4/MOV, AVI, Matroska/WebM)") from None
+
+
+def check_frame_size(width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise BadFile(f"frames too large to decode safely: {width}x{height}, the limit is "
+                      f"{MAX_FRAME_PIXELS / 1e6:.1f} megapixels (4096x2160)")
+
+
+def frame_size(container: av.container.InputContainer) -> tuple[int, int]:
+    """(width, height) of the first video stream, every video stream's header size checked
+    (another backend may pick another stream). Raises BadFile."""
+    if not container.streams.video:
+        raise BadFile("no video stream")
+    for stream in container.streams.video:
+        check_frame_size(stream.codec_context.width, stream.codec_context.height)
+    first = container.streams.video[0].codec_context
+    if first.width < 1 or first.height < 1:
+        raise BadFile("video stream has no frame size")
+    return first.width, first.height
+
+
 def frame_times(path: Path) -> np.ndarray:
     """Presentation times in seconds (ascending) of every frame of the first video stream,
     read from packet headers only. Raises BadFile."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise BadFile("no video stream")
+        with open_video(path) as container:
+            frame_size(container)
             stream = container.streams.video[0]
             pts = np.unique([p.pts for p in container.demux(stream) if p.pts is not None])
             time_base = float(stream.time_base)
@@ -77,6 +114,8 @@ def frame_map(times: np.ndarray, fps: float | None) -> np.ndarray:
         return np.arange(len(times))
     frame_duration = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
     span = times[-1] + frame_duration - times[0]
+    if span * fps > MAX_OUTPUT_FRAMES:
+        raise BadFile(f"too long: its timestamps span {span:.0f} s, over {MAX_OUTPUT_FRAMES} frames at {fps:g} fps")
     t = times[0] + np.arange(math.ceil(span * fps - 1e-6)) / fps  # (M,)
     right = np.searchsorted(times, t).clip(max=len(times) - 1)
     left = (right - 1).clip(min=0)
@@ -98,7 +137,10 @@ class DecordReader:
     def __init__(self, path: Path):
         if decord is None:
             raise BadFile("decord is not installed")
-        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        with open_video(path) as container:  # decord's own header is not exposed: read it with PyAV
+            width, height = frame_size(container)
+        # Told the size, decord scales any frame of any stream to it: nothing larger is ever output.
+        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 (len(indices), H, W, 3) for sorted, distinct source frame indices."""
@@ -109,7 +151,8 @@ class PyAVReader:
     name = "PyAV"
 
     def __init__(self, path: Path):
-        self.container = av.open(str(path))
+        self.container = open_video(path)
+        frame_size(self.container)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.pts = np.unique([p.pts for p in self.container.demux(self.stream) if p.pts is not None])
@@ -130,6 +173,7 @@ class PyAVReader:
         self.container.seek(start, stream=self.stream)
         got, last = {}, max(want)
         for frame in self.container.decode(self.stream):
+            check_frame_size(frame.width, frame.height)
             if frame.pts in want:
                 got[frame.pts] = frame.to_ndarray(format="rgb24")
             if frame.pts is not None and frame.pts >= last:

@@ -15,7 +15,8 @@ import torch
 from halluscope.errors import UserError
 from halluscope.gpt.config import GPTConfig
 from halluscope.gpt.model import GPT
-from halluscope.io import load_model_folder, save_model_folder
+from halluscope.io import Shapes, check_shapes, load_model_folder, model_shapes, save_model_folder, tensor_shapes
+from halluscope.validate import ConfigError
 
 KIND = "gpt"
 
@@ -32,29 +33,41 @@ def save_gpt(model: GPT, folder: str | os.PathLike) -> Path:
     return save_model_folder(folder, {"kind": KIND, **config}, model.state_dict())
 
 
-def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> GPT:
-    """The GPT saved in `folder`; its config.tokenizer comes back as a path usable from here."""
-    folder = Path(folder)
-    config, state_dict = load_model_folder(folder)
+def gpt_config(config: dict, folder: Path) -> GPTConfig:
+    """The checked GPTConfig of a GPT folder's config.json (as read); its tokenizer comes back
+    as a path usable from here."""
+    config = dict(config)
     kind = config.pop("kind", None)
     if kind != KIND:
         raise UserError(f"{folder} holds a {kind or 'unknown'} model, not a GPT (config.json kind={kind!r})")
-    if config.get("tokenizer") is not None:
+    if isinstance(config.get("tokenizer"), str):
         config["tokenizer"] = os.path.normpath(os.path.join(folder.absolute(), config["tokenizer"]))
     try:
-        config = GPTConfig.from_dict(config)
-    except (TypeError, ValueError) as e:  # a value of the wrong type
-        raise UserError(f"GPT config {folder / 'config.json'} is malformed: {e}") from None
-    return gpt_from_state_dict(config, state_dict, str(folder)).to(device)
+        return GPTConfig.from_dict(config)
+    except ConfigError as e:
+        raise UserError(f"GPT config {folder / 'config.json'} is malformed: {e.detail}") from None
+
+
+def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> GPT:
+    """The GPT saved in `folder`. The config is checked, and the weight shapes it implies are
+    compared with the weights file's header, before a weight is read."""
+    folder = Path(folder)
+    source = f"weights from {folder} do not fit the GPT config"
+    config, state_dict = load_model_folder(folder, lambda c: (gpt_shapes(gpt_config(c, folder)), source))
+    return gpt_from_state_dict(gpt_config(config, folder), state_dict, source).to(device)
+
+
+def gpt_shapes(config: GPTConfig) -> Shapes:
+    """The weight shapes a GPT of this config holds (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return model_shapes(GPT(config))
 
 
 def gpt_from_state_dict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> GPT:
-    """A GPT in eval mode holding exactly these weights; a mismatch is one UserError."""
+    """A GPT in eval mode holding exactly these weights; a mismatch is one UserError saying
+    `source`: the first weight that does not fit."""
     with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
         model = GPT(config)
-    try:
-        model.load_state_dict(state_dict, assign=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])[:300]
-        raise UserError(f"weights from {source} do not fit the GPT config: {detail}") from None
+    check_shapes(model_shapes(model), tensor_shapes(state_dict), source)
+    model.load_state_dict(state_dict, assign=True)
     return model.eval()

@@ -6,8 +6,14 @@ import math
 from dataclasses import dataclass, fields, replace
 
 from halluscope.errors import UserError
+from halluscope.validate import ConfigError, choice, flag, number, whole, wholes
 
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
+# (least, most) of each size: generous for any GPT this workbench can run; a value past them is
+# a mistake or an attack (a 10-million-layer config would take hours to build, even empty).
+LIMITS = {"vocab_size": (1, 1 << 24), "block_size": (1, 1 << 20), "n_layer": (1, 1024), "n_head": (1, 1024),
+          "n_embd": (1, 1 << 16), "n_cond": (0, 1 << 16), "cond_vocab_size": (0, 1 << 24)}
+OWNER = "GPT config"
 
 
 @dataclass
@@ -30,24 +36,26 @@ class GPTConfig:
     tokenizer: str | None = None  # folder of the tokenizer whose tokens this model reads
 
     def __post_init__(self) -> None:
+        """Types and ranges of every field, before anything is built from them."""
+        for name, (least, most) in LIMITS.items():
+            setattr(self, name, whole(OWNER, name, getattr(self, name), least, most))
+        self.dropout = number(OWNER, "dropout", self.dropout, 0.0, 1.0, below_most=True)
         if self.grid is not None:
-            self.grid = tuple(int(g) for g in self.grid)
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise UserError(f"GPT config: {name} must be at least 1, got {getattr(self, name)}")
+            self.grid = wholes(OWNER, "grid", self.grid, 1, 1 << 16, (1, 2, 3))
+        self.factorized_pos = flag(OWNER, "factorized_pos", self.factorized_pos)
+        self.attention = choice(OWNER, "attention", self.attention, ATTENTION_BACKENDS)
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise ConfigError(OWNER, f"tokenizer must be a folder name, got {self.tokenizer!r}")
         if self.n_embd % self.n_head:
-            raise UserError(f"GPT config: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise UserError(f"GPT config: attention must be one of {', '.join(ATTENTION_BACKENDS)}, "
-                            f"got {self.attention!r}")
+            raise ConfigError(OWNER, f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if (self.n_cond > 0) != (self.cond_vocab_size > 0):
-            raise UserError("GPT config: n_cond and cond_vocab_size must both be set (or both 0)")
+            raise ConfigError(OWNER, "n_cond and cond_vocab_size must both be set (or both 0)")
         if self.factorized_pos:
             if not self.grid:
-                raise UserError("GPT config: factorized_pos needs the token grid (grid)")
+                raise ConfigError(OWNER, "factorized_pos needs the token grid (grid)")
             if self.block_size > math.prod(self.grid):
-                raise UserError(f"GPT config: block_size {self.block_size} exceeds the {math.prod(self.grid)} "
-                                f"positions of grid {self.grid}")
+                raise ConfigError(OWNER, f"block_size {self.block_size} exceeds the {math.prod(self.grid)} "
+                                         f"positions of grid {self.grid}")
 
     @property
     def head_dim(self) -> int:

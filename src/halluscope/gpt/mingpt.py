@@ -56,6 +56,8 @@ def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
         t = sd.pop(key)
         return t.float() if t.is_floating_point() else t
 
+    if sd[EMBEDDING].dim() != 2:
+        raise UserError(f"`{EMBEDDING}` has shape {tuple(sd[EMBEDDING].shape)}; a token embedding is (vocab, width)")
     vocab, n_embd = sd[EMBEDDING].shape
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     if blocks != list(range(len(blocks))):
@@ -65,6 +67,8 @@ def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
     if n_embd % n_head:
         raise UserError(f"--n-head {n_head} does not divide the checkpoint's width n_embd={n_embd}")
     pos = take("pos_emb")
+    if pos.dim() < 2 or pos.shape[-1] != n_embd or pos.numel() != pos.shape[-2] * n_embd:
+        raise UserError(f"pos_emb has shape {tuple(pos.shape)}; expected (1, positions, {n_embd})")
     pos = pos.reshape(pos.shape[-2:])  # (1, T, C) -> (T, C)
     if block_size is None:
         block_size = pos.shape[0]
@@ -104,4 +108,4 @@ def import_mingpt(ckpt: str | os.PathLike, n_layer: int, n_head: int, block_size
     if grid and math.prod(grid) - 1 > config.block_size:
         raise UserError(f"token grid {'x'.join(map(str, grid))} needs {math.prod(grid) - 1} positions; "
                         f"the model has {config.block_size}")
-    return gpt_from_state_dict(config, state_dict, str(ckpt))
+    return gpt_from_state_dict(config, state_dict, f"weights from {ckpt} do not fit the GPT config")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from halluscope.deadline import check_time
+from halluscope.device import check_fits
 from halluscope.errors import UserError
 
 if TYPE_CHECKING:
@@ -46,6 +48,14 @@ def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> None:
                         f"expected shape {(rows, c.n_cond)}, got {got}")
     if cond.min() < 0 or cond.max() >= c.cond_vocab_size:
         raise UserError(f"condition tokens must be in [0, {c.cond_vocab_size}), got {cond.flatten().tolist()}")
+
+
+def sampling_bytes(model: "GPT", rows: int, positions: int) -> int:
+    """Memory generate() allocates for `rows` sequences of `positions` positions: the KV cache
+    (keys and values of every layer) and a few (rows, vocabulary) float tensors per step."""
+    c = model.config
+    element = model.tok_emb.weight.element_size()
+    return 2 * c.n_layer * rows * (c.n_cond + positions) * c.n_embd * element + 4 * rows * c.vocab_size * 4
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -104,6 +114,8 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
                         f"the model has {model.config.block_size}")
     check_cond(model, cond, b)
     device = model.tok_emb.weight.device
+    check_fits(sampling_bytes(model, b * n, length + steps), device, f"{b * n} samples of {length + steps} tokens",
+               "draw fewer samples")
     prefix = prefix.to(device)
     cond = None if cond is None else cond.to(device)
     tokens = torch.empty(b * n, steps, dtype=torch.long, device=device)
@@ -120,7 +132,17 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
             return model(prefix, cond, cache=cache, last_only=True)[:, -1].repeat_interleave(n, 0)
         return model(tokens[:, i - 1:i], cache=cache, last_only=True)[:, -1]
 
+    # Rows whose logits hold NaN or inf (weights that do) are drawn from a uniform stand-in and
+    # reported once at the end: checking each step would wait for the GPU every step.
+    broken = torch.zeros((), dtype=torch.bool, device=device)
     for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-        filtered = filter_logits(next_logits(i), temperature, top_k, top_p)
+        check_time()
+        logits = next_logits(i)
+        finite = torch.isfinite(logits).all(-1, keepdim=True)  # (B·N, 1)
+        broken |= ~finite.all()
+        filtered = filter_logits(logits.where(finite, 0.0), temperature, top_k, top_p)
         tokens[:, i], logprobs[:, i] = sample_next(filtered, generator)
+    if broken:
+        raise UserError("the GPT's logits are not finite (NaN or inf): its weights hold NaN or inf values, "
+                        "or overflow in this dtype")
     return tokens, logprobs

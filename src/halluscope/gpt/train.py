@@ -114,8 +114,10 @@ class TokenBatches:
         n_val = max(1, round(len(flat) * val_fraction)) if len(flat) > 1 else 0
         if len(flat) - n_val < 1:
             raise UserError(f"token cache {cache.path} has {len(flat)} examples: too few to train on")
-        if len(flat) and int(flat.max()) >= cache.vocab_size:  # a damaged shard, or one from another tokenizer
-            raise UserError(f"token cache {cache.path} holds token {int(flat.max())}, outside its vocabulary of "
+        # A damaged shard, or one from another tokenizer: the embedding would fail mid-training.
+        outside = [int(t) for t in (flat.min(), flat.max()) if not 0 <= t < cache.vocab_size] if len(flat) else []
+        if outside:
+            raise UserError(f"token cache {cache.path} holds token {outside[0]}, outside its vocabulary of "
                             f"{cache.vocab_size}")
         # The held-out split is the last examples, so it never depends on the seed.
         self.train, self.val = flat[: len(flat) - n_val], flat[len(flat) - n_val:]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from halluscope.data.token_cache import MANIFEST, VERSION, token_dtype, write_shard
 from halluscope.device import pick_device
 from halluscope.errors import UserError
-from halluscope.io import CONFIG_NAME, WEIGHTS_NAME, read_json, write_json
+from halluscope.io import CONFIG_NAME, WEIGHTS_NAME, check_model_folder, open_regular, read_json, write_json
 from halluscope.tokenizers.datasets import open_dataset
 from halluscope.tokenizers.framewise import Framewise
 from halluscope.tokenizers.load import load_tokenizer
@@ -33,13 +33,11 @@ IDENTITY = ("kind", "grid", "vocab_size", "tokenizer_hash", "data", "num_example
 def tokenizer_hash(folder: str | os.PathLike) -> str:
     """sha256 of a tokenizer folder's config and weights: the identity of its tokens."""
     h = hashlib.sha256()
+    folder = check_model_folder(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            with open(Path(folder) / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        except (FileNotFoundError, NotADirectoryError):
-            raise UserError(f"tokenizer not found: {Path(folder) / name} does not exist") from None
+        with os.fdopen(open_regular(folder / name, "tokenizer file"), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -81,15 +79,15 @@ def tokenize(tokenizer_dir: str | os.PathLike, data: str | os.PathLike, out: str
     shard_size = manifest["shard_size"]
     done = {s["start"] for s in manifest["shards"]}
     starts = [s for s in range(0, len(ds), shard_size) if s not in done]
-    bar = tqdm(total=len(ds), initial=len(ds) - sum(min(shard_size, len(ds) - s) for s in starts),
-               disable=not progress, desc="tokenize", unit="ex")
-    for start in starts:
-        tokens, sources = encode_range(tok, ds, range(start, min(start + shard_size, len(ds))), batch, bar)
-        manifest["shards"].append(write_shard(out, start // shard_size, start, tokens, sources))
-        manifest["count"] += len(tokens)
-        note_skipped(manifest, ds)
-        write_json(out / MANIFEST, manifest)
-    bar.close()
+    # Closed on an error too, so that the error is the last line a user sees.
+    with tqdm(total=len(ds), initial=len(ds) - sum(min(shard_size, len(ds) - s) for s in starts),
+              disable=not progress, desc="tokenize", unit="ex") as bar:
+        for start in starts:
+            tokens, sources = encode_range(tok, ds, range(start, min(start + shard_size, len(ds))), batch, bar)
+            manifest["shards"].append(write_shard(out, start // shard_size, start, tokens, sources))
+            manifest["count"] += len(tokens)
+            note_skipped(manifest, ds)
+            write_json(out / MANIFEST, manifest)
     manifest["shards"].sort(key=lambda s: s["start"])
     note_skipped(manifest, ds)
     manifest["complete"] = True

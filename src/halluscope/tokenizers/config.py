@@ -12,6 +12,15 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from halluscope.errors import UserError
+from halluscope.validate import ConfigError, choice, flag, number, whole, wholes
+
+OWNER = "tokenizer config"
+# (least, most) of the sizes: generous for any tokenizer this workbench can run; a value past
+# them is a mistake or an attack (1e8 residual blocks, a negative width, no levels at all).
+SIZE_LIMITS = {"resolution": (1, 8192), "frames": (1, 4096), "in_channels": (1, 64), "out_ch": (1, 64),
+               "ch": (1, 4096), "num_res_blocks": (0, 64), "z_channels": (1, 4096), "embed_dim": (1, 4096),
+               "n_embed": (1, 1 << 24)}
+MAX_LEVELS = 8  # entries of ch_mult
 
 # How convolutions see past a border. "zeros" is taming's (and every imported checkpoint's)
 # and trains fastest on a CPU. "replicate" gives a flat region the same code near a border, or
@@ -20,14 +29,23 @@ from halluscope.errors import UserError
 PADDINGS = ("zeros", "replicate")
 
 
-def check_padding(padding: str) -> None:
-    if padding not in PADDINGS:
-        raise UserError(f"tokenizer config: padding must be one of {PADDINGS}, got {padding!r}")
-
-
-def check_causal(causal: bool) -> None:
-    if not isinstance(causal, bool):
-        raise UserError(f"tokenizer config: causal must be true or false, got {causal!r}")
+def check_fields(cfg, kind: str, arch: str) -> None:
+    """Types and ranges of the fields the image and 3D VQGAN configs share (and of those only
+    one has), normalizing lists to tuples, before a module is built from them."""
+    cfg.kind = choice(OWNER, "kind", cfg.kind, (kind,))
+    cfg.arch = choice(OWNER, "arch", cfg.arch, (arch,))
+    for name, (least, most) in SIZE_LIMITS.items():
+        if hasattr(cfg, name):
+            setattr(cfg, name, whole(OWNER, name, getattr(cfg, name), least, most))
+    cfg.ch_mult = wholes(OWNER, "ch_mult", cfg.ch_mult, 1, 64, range(1, MAX_LEVELS + 1))
+    cfg.dropout = number(OWNER, "dropout", cfg.dropout, 0.0, 1.0, below_most=True)
+    cfg.beta = number(OWNER, "beta", cfg.beta, 0.0, 1e3)
+    cfg.legacy = flag(OWNER, "legacy", cfg.legacy)
+    cfg.causal = flag(OWNER, "causal", cfg.causal)
+    cfg.padding = choice(OWNER, "padding", cfg.padding, PADDINGS)
+    if cfg.resolution < 2 ** (len(cfg.ch_mult) - 1):
+        raise ConfigError(OWNER, f"resolution {cfg.resolution} is smaller than the {2 ** (len(cfg.ch_mult) - 1)} "
+                                 f"pixels one token covers with {len(cfg.ch_mult)} levels (ch_mult)")
 
 
 @dataclass
@@ -58,8 +76,11 @@ class VQGANConfig:
     causal: bool = False
 
     def __post_init__(self) -> None:
-        check_padding(self.padding)
-        check_causal(self.causal)
+        check_fields(self, "image", "vqgan")
+        if self.ch % 32:  # taming's GroupNorm has 32 groups
+            raise ConfigError(OWNER, f"ch must be a multiple of 32, got {self.ch}")
+        self.attn_resolutions = wholes(OWNER, "attn_resolutions", self.attn_resolutions, 1, 8192, range(0, 17))
+        self.quantizer = choice(OWNER, "quantizer", self.quantizer, ("vq", "gumbel"))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -75,6 +96,13 @@ class FramewiseConfig:
     frames: int = 16
     kind: str = "video"
     arch: str = "framewise"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, VQGANConfig):
+            raise ConfigError(OWNER, f"image must be an image VQGAN config, got {self.image!r}"[:200])
+        self.frames = whole(OWNER, "frames", self.frames, *SIZE_LIMITS["frames"])
+        self.kind = choice(OWNER, "kind", self.kind, ("video",))
+        self.arch = choice(OWNER, "arch", self.arch, ("framewise",))
 
     @property
     def resolution(self) -> int:
@@ -116,8 +144,10 @@ class VQGAN3DConfig:
     causal: bool = False
 
     def __post_init__(self) -> None:
-        check_padding(self.padding)
-        check_causal(self.causal)
+        check_fields(self, "video", "vqgan3d")
+        self.downsample = wholes(OWNER, "downsample", self.downsample, 1, 1 << 12, (3,))
+        self.patch = wholes(OWNER, "patch", self.patch, 1, 64, (3,))
+        self.mid_attention = flag(OWNER, "mid_attention", self.mid_attention)
         self.level_strides()  # validate early, with the user's numbers in the message
 
     def level_strides(self) -> list[tuple[int, int, int]]:
@@ -161,13 +191,9 @@ def config_from_dict(d: dict):
     unknown = sorted(set(d) - known)
     if unknown:
         raise UserError(f"tokenizer config ({arch}) has unknown keys {unknown}")
-    kwargs = {}
-    for k, v in d.items():
-        if k == "image":
-            v = VQGANConfig(**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
-        elif isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
+    kwargs = dict(d)
+    if arch == "framewise" and isinstance(d.get("image"), dict):
+        kwargs["image"] = config_from_dict({"arch": "vqgan", **d["image"]})
     return cls(**kwargs)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from halluscope.errors import UserError
-from halluscope.io import load_model_folder, save_model_folder
+from halluscope.io import Shapes, check_shapes, load_model_folder, model_shapes, save_model_folder, tensor_shapes
+from halluscope.validate import ConfigError
 from halluscope.tokenizers.config import FramewiseConfig, VQGAN3DConfig, VQGANConfig, config_from_dict, config_to_dict
 from halluscope.tokenizers.framewise import Framewise
 from halluscope.tokenizers.vqgan import VQGAN
@@ -29,26 +31,33 @@ def save_tokenizer(model: Tokenizer, folder: str | os.PathLike) -> Path:
 def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
     """Every parameter present and shaped right, nothing left over; else one error naming the
     first offending key (in the model's own order)."""
-    expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in state_dict:
-            raise UserError(f"{source}: missing weight `{key}` (expected shape {tuple(value.shape)})")
-        if tuple(state_dict[key].shape) != tuple(value.shape):
-            raise UserError(f"{source}: weight `{key}` has shape {tuple(state_dict[key].shape)}, "
-                            f"expected {tuple(value.shape)}")
-    extra = [k for k in state_dict if k not in expected]
-    if extra:
-        raise UserError(f"{source}: unexpected weight `{extra[0]}` ({len(extra)} unused keys in all)")
+    check_shapes(model_shapes(model), tensor_shapes(state_dict), source)
+
+
+def tokenizer_config(config: dict, folder: Path) -> VQGANConfig | FramewiseConfig | VQGAN3DConfig:
+    """The checked config of a tokenizer folder's config.json (as read)."""
+    try:
+        return config_from_dict(config)
+    except ConfigError as e:
+        raise UserError(f"tokenizer config {folder / 'config.json'} is malformed: {e.detail}") from None
+    except TypeError as e:  # a missing field, or a nested config of the wrong form
+        raise UserError(f"tokenizer config {folder / 'config.json'} is malformed: {e}") from None
+
+
+def tokenizer_shapes(config: VQGANConfig | FramewiseConfig | VQGAN3DConfig) -> Shapes:
+    """The weight shapes a tokenizer of this config holds (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return model_shapes(build_tokenizer(config))
 
 
 def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
-    """The tokenizer saved in `folder`, in eval mode on the CPU."""
-    config, state_dict = load_model_folder(folder)
-    try:
-        model = build_tokenizer(config_from_dict(config))
-    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong type or range
-        raise UserError(f"tokenizer config {Path(folder) / 'config.json'} is malformed: {e}") from None
-    check_state_dict(model, state_dict, str(folder))
+    """The tokenizer saved in `folder`, in eval mode on the CPU. The config is checked, and the
+    weight shapes it implies are compared with the weights file's header, before a module of
+    its size is built or a weight is read."""
+    folder = Path(folder)
+    config, state_dict = load_model_folder(folder, lambda c: (tokenizer_shapes(tokenizer_config(c, folder)),
+                                                              str(folder)))
+    model = build_tokenizer(tokenizer_config(config, folder))
     model.load_state_dict(state_dict)
     return model.eval()
 
