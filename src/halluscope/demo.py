@@ -39,7 +39,7 @@ class DemoSize:
 
 
 FULL = DemoSize(train=1000, heldout=32, tokenizer_steps=400, gpt_steps=1200, samples=8)
-QUICK = DemoSize(train=32, heldout=8, tokenizer_steps=4, gpt_steps=12, samples=4)
+QUICK = DemoSize(train=32, heldout=4, tokenizer_steps=4, gpt_steps=12, samples=2)
 CONTEXTS = (0.25, 0.5, 0.75)
 
 
