@@ -23,6 +23,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.model import GPT
 from halluscope.gpt.sampling import check_sampling
 from halluscope.io import read_json
+from halluscope.probes.context import pixel_cut
 
 
 @dataclass
@@ -105,7 +106,7 @@ class OracleSampler:
             raise UserError(f"the oracle needs a world example; {example.id} has no recorded state")
         seed = int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
         x = example.pixels
-        cut = context_units * x.shape[1] // grid[0]  # the first pixel row (images) or frame (clips) not shown
+        _, cut = pixel_cut(x, grid, context_units)  # the first pixel row (images) or frame (clips) not shown
         pixels, self.stats[example.id] = self.world.continue_from(example.meta, cut, n, seed)
         if isinstance(self.world, VideoWorld):
             pixels = torch.cat([x[None, :, :cut].expand(n, -1, -1, -1, -1), pixels], dim=2)
