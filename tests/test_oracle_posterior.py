@@ -11,7 +11,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from scipy.stats import chi2
 
 from halluscope.data import ImageWorld, VideoWorld
