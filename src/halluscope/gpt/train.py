@@ -207,7 +207,11 @@ def save_checkpoint(out: Path, model: GPT, opt: torch.optim.Optimizer, step: int
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(out)[: -cfg.keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed first (one atomic step), so a kill mid-delete leaves a *.tmp folder, never a
+        # half-deleted checkpoint that still looks complete.
+        trash = old.with_name(old.name + ".tmp")
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return final
 
 
