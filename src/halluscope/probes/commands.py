@@ -242,8 +242,10 @@ def probe_command(args: argparse.Namespace) -> int:
         return 0
     report = write_report([out], out, info)
     for context in args.context:
-        leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context]
-        print(f"context {context:g} ({args.context_encoding} encoding): context_leak {sum(leaks) / len(leaks):.4f}")
+        leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context
+                 and r["metrics"]["context_leak"] is not None]  # null: one example, nothing to swap in
+        mean = f"{sum(leaks) / len(leaks):.4f}" if leaks else "unmeasured (one example)"
+        print(f"context {context:g} ({args.context_encoding} encoding): context_leak {mean}")
     print(f"{len(records)} records ({len(examples)} examples x {len(args.context)} contexts x {len(samplers)} "
           f"samplers) -> {out / 'records.jsonl'}, summary.json, summary.csv, {report}")
     return 0

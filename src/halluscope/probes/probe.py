@@ -100,7 +100,9 @@ def prepare(examples: list[Example], tokenizer: torch.nn.Module, batch: int, uni
         for u in units:
             visible = encode_context(tokenizer, x, u, "visible")
             full = tokens.flatten(1)[:, :visible.shape[1]]
-            leaks = context_leak(tokenizer, x, other, u, encoding).tolist()
+            # One example has no other continuation to swap in: its leak is unmeasured (null), not 0.
+            leaks = context_leak(tokenizer, x, other, u, encoding).tolist() if len(examples) > 1 \
+                else [math.nan] * len(x)
             for j, (given, same, share) in enumerate(zip(visible if encoding == "visible" else full,
                                                          (visible == full).double().mean(1).tolist(), leaks)):
                 context[j][u], agreement[j][u], leak[j][u] = given, same, share
