@@ -1,7 +1,8 @@
 """Synthetic worlds: examples are pure functions of (seed, index); the image world's halves
-are independent; the video world's physics is deterministic at randomness 0, so the second
-half of a clip follows from the first and the oracle samplers reproduce it; violations
-break exactly the second half; and `halluscope world` writes folders the loaders read back."""
+are independent at dependence 0 and mirror images at 1; the video world's physics is
+deterministic at randomness 0, so the second half of a clip follows from the first state;
+the oracle samplers keep the context and draw the rest; violations break exactly the second
+half; and `halluscope world` writes folders the loaders read back (old ones included)."""
 
 import json
 
@@ -23,6 +24,7 @@ from halluscope.data import (
 from halluscope.data.shapes import from_dicts, render, simulate, to_dicts
 from halluscope.data.worlds import VIOLATIONS
 from halluscope.errors import UserError
+from halluscope.probes.samplers import world_from_folder
 
 
 def json_round_trip(meta: dict) -> dict:
@@ -50,15 +52,33 @@ def test_image_halves_are_drawn_independently():
         assert np.array_equal(pixels[16:], render(bottom, 32)[16:])
 
 
-@pytest.mark.parametrize("row", [0, 32, 40])
-def test_resample_below_keeps_the_context_rows_and_redraws_the_rest(row):
+def test_dependence_1_makes_the_bottom_half_the_mirror_image_of_the_top():
+    for size in (32, 33):
+        world = ImageWorld(size=size, dependence=1.0, seed=2)
+        for i in range(10):
+            x, meta = world.example(i)
+            top = x[:, :size // 2]
+            assert torch.equal(x[:, size - size // 2:], top.flip(1))  # pixel for pixel, triangles upside down
+            assert meta["mirrored"] == [True] * 3 and len(meta["bottom"]) == len(meta["top"])
+            if i < 3 and size == 32:  # so the oracle given the top half draws the truth
+                assert (world.continue_from(meta, 16, 4, seed=i)[0] == x).all()
+    # dependence 0 is the world as it was: the same draws, nothing mirrored
+    plain, again = ImageWorld(size=32, seed=2).example(3), ImageWorld(size=32, seed=2, dependence=0.0).example(3)
+    assert torch.equal(plain[0], again[0]) and plain[1]["mirrored"] == [False] * 3
+    with pytest.raises(UserError, match="dependence is a probability"):
+        ImageWorld(dependence=-0.1)
+
+
+@pytest.mark.parametrize("row", [0, 16, 32, 40])
+def test_image_oracle_keeps_the_context_rows_and_redraws_the_rest(row):
     world = ImageWorld()
     x, meta = world.example(2)
-    samples = world.resample_below(meta, row, n=8, seed=0)
+    samples, stats = world.continue_from(meta, row, n=8, seed=0)
     assert samples.shape == (8, 3, 64, 64)
     assert (samples[:, :, :row] == x[:, :row]).all()
     assert len({s[:, row:].numpy().tobytes() for s in samples}) > 1
-    assert torch.equal(samples, world.resample_below(meta, row, n=8, seed=0))
+    assert torch.equal(samples, world.continue_from(meta, row, n=8, seed=0)[0])
+    assert 0 < stats["acceptance"] <= 1 and stats["accepted"] >= 8
 
 
 def test_video_world_is_a_pure_function_of_seed_and_index():
@@ -85,23 +105,21 @@ def test_at_randomness_0_the_second_half_follows_from_the_first():
     world = VideoWorld(frames=16, randomness=0.0)
     x, meta = world.example(0)
     meta = json_round_trip(meta)
-    # two continuations sharing the first half's state, with different seeds: both the truth
-    for seed in (0, 1):
-        assert torch.equal(world.continue_from(meta, 8, n=3, seed=seed), x[:, 8:].expand(3, -1, -1, -1, -1))
     # re-simulating from the recorded state at frame T/2 gives the recorded second half
     replay = simulate(from_dicts(meta["states"][8]), 8, 64, np.random.default_rng(123), 0.0)
     assert [to_dicts(s) for s in replay] == meta["states"][8:]
 
 
 def test_randomness_makes_continuations_differ():
-    world = VideoWorld(frames=16, randomness=0.5)
+    world = VideoWorld(size=32, frames=8, randomness=0.5)
     x, meta = world.example(0)
-    samples = world.continue_from(meta, 4, n=4, seed=0)
-    assert samples.shape == (4, 3, 12, 64, 64)
+    samples, stats = world.continue_from(meta, 2, n=4, seed=0)
+    assert samples.shape == (4, 3, 6, 32, 32)
     assert len({s.numpy().tobytes() for s in samples}) == 4
-    assert torch.equal(samples, world.continue_from(meta, 4, n=4, seed=0))
-    assert world.continue_from(meta, 0, n=2, seed=0).shape == (2, 3, 16, 64, 64)  # from the prior
-    assert world.continue_from(meta, 16, n=2, seed=0).shape == (2, 3, 0, 64, 64)
+    assert torch.equal(samples, world.continue_from(meta, 2, n=4, seed=0)[0])
+    assert 0 <= stats["state_differs"] <= 1 and 0 < stats["acceptance"] <= 1
+    assert world.continue_from(meta, 0, n=2, seed=0)[0].shape == (2, 3, 8, 32, 32)  # from the prior
+    assert world.continue_from(meta, 8, n=2, seed=0)[0].shape == (2, 3, 0, 32, 32)
 
 
 def test_violations_break_only_the_second_half():
@@ -172,6 +190,20 @@ def test_world_command_errors_are_one_line(tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err
     assert main(["world", "video", "--out", str(tmp_path / "new"), "--randomness", "2"]) == 2
     assert "randomness is a probability in [0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["world", "image", "--out", str(tmp_path / "new"), "--dependence", "1.5"]) == 2
+    assert "dependence is a probability in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_dependence_is_recorded_and_read_back(tmp_path):
+    args = ["world", "image", "--out", str(tmp_path / "w"), "--n", "2", "--size", "32", "--dependence", "0.5"]
+    assert main(args) == 0
+    spec = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert spec["dependence"] == 0.5
+    assert world_from_folder(tmp_path / "w") == ImageWorld(size=32, dependence=0.5)
+    for key in ("dependence", "kinds", "colors", "step"):  # a folder written before these existed
+        del spec[key]
+    (tmp_path / "w" / "world.json").write_text(json.dumps(spec))
+    assert world_from_folder(tmp_path / "w") == ImageWorld(size=32)
 
 
 def test_grids_of_images_and_clips(tmp_path):

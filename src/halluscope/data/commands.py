@@ -14,13 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world = subparsers.add_parser("world", help="write a synthetic world (images or clips with known randomness)",
                                   description=__doc__)
     kinds = world.add_subparsers(dest="world", metavar="KIND", required=True)
-    image = kinds.add_parser("image", help="shapes whose bottom half is independent of the top half (PNG)")
+    image = kinds.add_parser("image", help="shapes in each half, the bottom half independent of the top or "
+                                            "mirroring it (PNG)")
     video = kinds.add_parser("video", help="shapes bouncing off the walls, with random kicks (MP4)")
     for parser in (image, video):
         parser.add_argument("--out", required=True, help="new or empty folder to write into")
         parser.add_argument("--n", type=int, default=8, help="number of examples (default 8)")
         parser.add_argument("--size", type=int, default=64, help="width and height in pixels (default 64)")
         parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
+    image.add_argument("--dependence", type=float, default=0.0,
+                       help="probability that each bottom-half layer is the mirror image of a top-half shape, "
+                            "in [0, 1] (default 0: the halves are independent; 1: the bottom half is a function "
+                            "of the top)")
     video.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     video.add_argument("--fps", type=float, default=16, help="frame rate written into the files (default 16)")
     video.add_argument("--randomness", type=float, default=0.0,
@@ -33,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_image(args: argparse.Namespace) -> int:
-    return report(write_world(ImageWorld(size=args.size, seed=args.seed), args.out, args.n), args.out)
+    world = ImageWorld(size=args.size, seed=args.seed, dependence=args.dependence)
+    return report(write_world(world, args.out, args.n), args.out)
 
 
 def run_video(args: argparse.Namespace) -> int:

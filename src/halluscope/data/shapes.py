@@ -3,7 +3,8 @@ state to pixels, advance a state by one frame.
 
 Positions, sizes and velocities are multiples of 1/8 pixel. Sums and reflections of such
 numbers are exact in floating point, so a trajectory replayed from any recorded state
-(written to JSON and read back) is bit-identical to the original, and the JSON stays short.
+(written to JSON and read back) is bit-identical to the original, and the JSON stays short;
+squares of them are exact too, so every mask below is computed without rounding.
 Shapes do not interact: each moves at constant velocity and bounces off the walls, and
 later shapes are drawn over earlier ones.
 """
@@ -11,11 +12,12 @@ later shapes are drawn over earlier ones.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from halluscope.errors import UserError
 
 PALETTE = {
     "red": (230, 50, 50), "orange": (245, 140, 30), "yellow": (245, 215, 40), "green": (50, 180, 80),
@@ -24,6 +26,24 @@ PALETTE = {
 BACKGROUND = (20, 20, 28)
 KINDS = ("circle", "square", "triangle")
 STEP = 1 / 8  # the grid every coordinate lives on
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What a shape's kind, colour and position are drawn from, each uniformly. The default
+    is every world's; smaller ones (a few kinds and colours, a coarse lattice) make worlds
+    whose posteriors can be enumerated by brute force in tests."""
+    kinds: tuple[str, ...] = KINDS
+    colors: tuple[str, ...] = tuple(PALETTE)
+    step: float = STEP  # positions are the multiples of step (itself a multiple of STEP)
+
+    def __post_init__(self) -> None:
+        if not self.kinds or set(self.kinds) - set(KINDS):
+            raise UserError(f"kinds must be some of {', '.join(KINDS)}, got {list(self.kinds)}")
+        if not self.colors or set(self.colors) - set(PALETTE):
+            raise UserError(f"colors must be some of {', '.join(PALETTE)}, got {list(self.colors)}")
+        if self.step <= 0 or not (self.step / STEP).is_integer():
+            raise UserError(f"the position step must be a positive multiple of 1/8, got {self.step}")
 
 
 @dataclass(frozen=True)
@@ -36,14 +56,15 @@ class Shape:
     vx: float = 0.0  # pixels per frame
     vy: float = 0.0
     visible: bool = True
+    flip: bool = False  # drawn upside down (a mirror image across a horizontal line)
 
 
 State = tuple[Shape, ...]
 
 
-def on_grid(rng: np.random.Generator, lo: float, hi: float) -> float:
-    """Uniform over the multiples of STEP in [lo, hi]."""
-    return float(rng.integers(math.ceil(lo / STEP), math.floor(hi / STEP) + 1)) * STEP
+def on_grid(rng: np.random.Generator, lo: float, hi: float, step: float = STEP) -> float:
+    """Uniform over the multiples of step in [lo, hi]."""
+    return float(rng.integers(math.ceil(lo / step), math.floor(hi / step) + 1)) * step
 
 
 def radius_range(size: int) -> tuple[int, int]:
@@ -60,32 +81,40 @@ def random_velocity(rng: np.random.Generator, size: int) -> tuple[float, float]:
     return vx, vy
 
 
-def random_shape(rng: np.random.Generator, size: int, top: float, bottom: float, moving: bool) -> Shape:
-    """A shape from the prior, lying wholly within rows [top, bottom) and columns [0, size)."""
+def radii(size: int, top: float, bottom: float) -> range:
+    """The radii a shape lying wholly within rows [top, bottom) is drawn from."""
     low, high = radius_range(size)
-    r = float(rng.integers(low, min(high, int((bottom - top) // 2)) + 1))
+    return range(low, min(high, int((bottom - top) // 2)) + 1)
+
+
+def random_shape(rng: np.random.Generator, size: int, top: float, bottom: float, moving: bool,
+                 prior: Prior = Prior()) -> Shape:
+    """A shape from the prior, lying wholly within rows [top, bottom) and columns [0, size)."""
+    options = radii(size, top, bottom)
+    r = float(rng.integers(options.start, options.stop))
     vx, vy = random_velocity(rng, size) if moving else (0.0, 0.0)
-    return Shape(kind=str(rng.choice(KINDS)), color=str(rng.choice(list(PALETTE))), r=r,
-                 x=on_grid(rng, r, size - r), y=on_grid(rng, top + r, bottom - r), vx=vx, vy=vy)
+    return Shape(kind=str(rng.choice(prior.kinds)), color=str(rng.choice(prior.colors)), r=r,
+                 x=on_grid(rng, r, size - r, prior.step), y=on_grid(rng, top + r, bottom - r, prior.step), vx=vx, vy=vy)
 
 
-@functools.lru_cache(maxsize=8)
-def pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x) coordinates of every pixel centre, each (size, size); made once per size."""
-    y, x = np.mgrid[0:size, 0:size] + 0.5
-    return y, x
+
+def masks(kind: np.ndarray, r: np.ndarray, x: np.ndarray, y: np.ndarray, flip: np.ndarray, rows: np.ndarray,
+          width: int) -> np.ndarray:
+    """bool (B, len(rows), width): for each of B shapes (kind as an index into KINDS, the
+    rest as arrays of B), the pixels of `rows` x [0, width) whose centres it covers."""
+    shape = (-1, 1, 1)
+    kind, r, x, y, flip = (np.asarray(a).reshape(shape) for a in (kind, r, x, y, flip))
+    dx = np.arange(width) + 0.5 - x
+    dy = np.where(flip, -1, 1) * (np.asarray(rows).reshape(1, -1, 1) + 0.5 - y)
+    circle = dx ** 2 + dy ** 2 <= r ** 2
+    square = (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    triangle = (dy <= r) & (np.abs(dx) <= (dy + r) / 2)  # apex at the top of the bounding box, base along its bottom
+    return np.where(kind == 0, circle, np.where(kind == 1, square, triangle))
 
 
 def mask(shape: Shape, size: int) -> np.ndarray:
     """bool (size, size): the pixels whose centres the shape covers."""
-    y, x = pixel_centres(size)
-    dx, dy = x - shape.x, y - shape.y
-    if shape.kind == "circle":
-        return dx ** 2 + dy ** 2 <= shape.r ** 2
-    if shape.kind == "square":
-        return (np.abs(dx) <= shape.r) & (np.abs(dy) <= shape.r)
-    # triangle: apex at the top of the bounding box, base along its bottom
-    return (dy <= shape.r) & (np.abs(dx) <= (dy + shape.r) / 2)
+    return masks(KINDS.index(shape.kind), shape.r, shape.x, shape.y, shape.flip, np.arange(size), size)[0]
 
 
 def render(state: State, size: int) -> np.ndarray:
@@ -96,6 +125,12 @@ def render(state: State, size: int) -> np.ndarray:
         if shape.visible:
             canvas[mask(shape, size)] = PALETTE[shape.color]
     return canvas
+
+
+def mirror(shape: Shape, size: int) -> Shape:
+    """The shape's mirror image across the canvas's horizontal midline: its mask is the
+    vertical flip of the original's, pixel for pixel."""
+    return dataclasses.replace(shape, y=size - shape.y, flip=not shape.flip)
 
 
 def bounce(position: float, velocity: float, low: float, high: float) -> tuple[float, float]:
@@ -138,7 +173,9 @@ def simulate(state: State, frames: int, size: int, rng: np.random.Generator, ran
 
 
 def to_dicts(state: State) -> list[dict]:
-    return [dataclasses.asdict(s) for s in state]
+    """JSON-ready shapes; `flip` only where set, so files of worlds without mirror images
+    stay as they were."""
+    return [{k: v for k, v in dataclasses.asdict(s).items() if k != "flip" or v} for s in state]
 
 
 def from_dicts(shapes: list[dict]) -> State:

@@ -1,15 +1,17 @@
 """Synthetic worlds whose randomness is known, in memory and on disk.
 
-Image world: 1-3 shapes lying wholly in the top half and, drawn independently, 1-3 lying
-wholly in the bottom half, so the bottom half is genuinely unpredictable from the top.
+Image world: 1-3 shapes lying wholly in the top half and 1-3 lying wholly in the bottom
+half, drawn independently, so the bottom half is genuinely unpredictable from the top; with
+`dependence` P, each bottom layer is instead, with probability P, the mirror image of a top
+shape, so that P = 1 makes the bottom half a function of the top.
 Video world: 2-4 shapes moving at constant velocity and bouncing off the walls; with
 probability `randomness` per frame per shape a velocity is redrawn (a kick). At randomness
 0 the whole clip follows from its first frame's state; at 1 every frame brings new kicks.
 
 Every example is a pure function of (seed, index), and its meta dict records the state it
-was rendered from (shapes, positions, velocities, per frame for clips), so that the world's
-own generative process can serve as an oracle sampler: `ImageWorld.resample_below` and
-`VideoWorld.continue_from` draw continuations from the true distribution given a context.
+was rendered from (shapes, positions, velocities, per frame for clips). The oracle samplers
+`ImageWorld.continue_from` and `VideoWorld.continue_from` draw continuations from the
+world's posterior given the rendered context (halluscope.data.posterior, .tracking).
 """
 
 from __future__ import annotations
@@ -28,17 +30,24 @@ from tqdm import tqdm
 
 from halluscope.data.media import write_png, write_video
 from halluscope.data.pixels import to_float
+from halluscope.data.posterior import MAX_PROPOSALS, MAX_SHAPES, ImagePosterior
 from halluscope.data.shapes import (
     BACKGROUND,
+    KINDS,
     PALETTE,
+    STEP,
+    Prior,
     State,
     from_dicts,
+    mirror,
     on_grid,
     random_shape,
     render,
     simulate,
     to_dicts,
 )
+from halluscope.data.tracking import MAX_PROPOSALS as CLIP_PROPOSALS
+from halluscope.data.tracking import ClipPosterior
 from halluscope.errors import UserError
 from halluscope.io import atomic_path, write_json
 
@@ -58,8 +67,17 @@ def render_clip(states: list[State], size: int) -> torch.Tensor:
 
 @dataclass
 class ImageWorld:
+    """1-3 shapes wholly in the top half, then three bottom layers: with probability
+    `dependence` each is the mirror image of the top shape of the same rank (none if there is
+    no such shape), otherwise the bottom half's own shape of that rank, of 1-3 drawn like the
+    top's. At dependence 0 the halves are independent; at 1 the bottom half is the pixel-exact
+    mirror of the top. `kinds`, `colors` and `step` narrow the shape prior (tests)."""
     size: int = 64
     seed: int = 0
+    dependence: float = 0.0
+    kinds: tuple[str, ...] = KINDS
+    colors: tuple[str, ...] = tuple(PALETTE)
+    step: float = STEP
 
     kind: ClassVar[str] = "image"
     folder: ClassVar[str] = "images"
@@ -67,20 +85,40 @@ class ImageWorld:
 
     def __post_init__(self) -> None:
         check_size(self.size)
+        if not 0.0 <= self.dependence <= 1.0:
+            raise UserError(f"dependence is a probability in [0, 1], got {self.dependence}")
+        self.kinds, self.colors = tuple(self.kinds), tuple(self.colors)  # lists when read back from JSON
+        Prior(self.kinds, self.colors, self.step)  # a UserError for a prior the world cannot draw from
+
+    @property
+    def prior(self) -> Prior:
+        return Prior(self.kinds, self.colors, self.step)
 
     def halves(self) -> tuple[tuple[str, int, int], ...]:
-        """(name, first row, end row) of the two independent halves."""
+        """(name, first row, end row) of the two halves."""
         return ("top", 0, self.size // 2), ("bottom", self.size // 2, self.size)
 
     def draw_half(self, rng: np.random.Generator, top: int, bottom: int) -> State:
-        """The prior of one half: 1-3 shapes, each wholly within rows [top, bottom)."""
-        return tuple(random_shape(rng, self.size, top, bottom, moving=False) for _ in range(rng.integers(1, 4)))
+        """The prior of one half: 1-MAX_SHAPES shapes, each wholly within rows [top, bottom)."""
+        count = rng.integers(1, MAX_SHAPES + 1)
+        return tuple(random_shape(rng, self.size, top, bottom, moving=False, prior=self.prior) for _ in range(count))
+
+    def bottom_layers(self, top: State, own: State, mirrored: list[bool]) -> State:
+        """The bottom half's layers, in drawing order: rank j is the mirror of top[j] where
+        mirrored[j], else own[j] (absent where that shape does not exist)."""
+        layers = [mirror(top[j], self.size) if m and j < len(top) else own[j] if not m and j < len(own) else None
+                  for j, m in enumerate(mirrored)]
+        return tuple(s for s in layers if s is not None)
 
     def example(self, i: int) -> tuple[torch.Tensor, dict]:
-        """Image i: float (3, S, S) in [-1, 1], and its meta (the shapes of each half)."""
+        """Image i: float (3, S, S) in [-1, 1], and its meta: the top shapes, the bottom
+        layers, and which ranks are mirror images."""
         rng = np.random.default_rng([self.seed, i])
-        meta = {"kind": self.kind, "index": i, "seed": self.seed, "size": self.size}
-        meta.update({name: to_dicts(self.draw_half(rng, top, bottom)) for name, top, bottom in self.halves()})
+        (_, _, half), (_, _, end) = self.halves()
+        top, own = self.draw_half(rng, 0, half), self.draw_half(rng, half, end)
+        mirrored = [bool(c) for c in rng.random(MAX_SHAPES) < self.dependence]  # last: dependence 0 is the old world
+        meta = {"kind": self.kind, "index": i, "seed": self.seed, "size": self.size, "top": to_dicts(top),
+                "bottom": to_dicts(self.bottom_layers(top, own, mirrored)), "mirrored": mirrored}
         return self.render(meta), meta
 
     def render(self, meta: dict) -> torch.Tensor:
@@ -88,28 +126,15 @@ class ImageWorld:
         state = sum((from_dicts(meta[name]) for name, _, _ in self.halves()), ())
         return to_float(render(state, self.size)[None])[0]
 
-    def resample_below(self, meta: dict, row: int, n: int, seed: int) -> torch.Tensor:
-        """n images (n, 3, S, S) that keep rows [0, row) of `meta`'s image and draw the rest
-        from the world's prior: the oracle continuation of an image given its top rows.
-
-        A half lying wholly at or below `row` is redrawn whole (count and shapes), which is
-        exact because the halves are independent: at row = S/2 these are draws from the
-        true distribution of the bottom half given the top. Inside a half that `row` cuts,
-        the shapes lying wholly below `row` are redrawn within rows [row, end of half) and
-        the others kept, an approximation that keeps their number fixed."""
-        rng = np.random.default_rng(seed)
-        images = []
-        for _ in range(n):
-            redrawn = dict(meta)
-            for name, top, bottom in self.halves():
-                if top >= row:
-                    shapes = self.draw_half(rng, top, bottom)
-                else:
-                    shapes = tuple(random_shape(rng, self.size, row, bottom, moving=False) if s.y - s.r >= row else s
-                                   for s in from_dicts(meta[name]))
-                redrawn[name] = to_dicts(shapes)
-            images.append(self.render(redrawn))
-        return torch.stack(images)
+    def continue_from(self, meta: dict, row: int, n: int, seed: int,
+                      max_proposals: int = MAX_PROPOSALS) -> tuple[torch.Tensor, dict]:
+        """n images (n, 3, S, S) drawn from the exact posterior of the world given rows
+        [0, row) of `meta`'s image (so those rows are the example's own), and the sampler's
+        statistics: {"proposals", "accepted", "acceptance"}. See halluscope.data.posterior."""
+        if not 0 <= row <= self.size:
+            raise ValueError(f"row must be in [0, {self.size}], got {row}")
+        states, stats = ImagePosterior(self, meta, row).sample(n, np.random.default_rng(seed), max_proposals)
+        return torch.stack([to_float(render(s, self.size)[None])[0] for s in states]), stats
 
     def write(self, x: torch.Tensor, path: Path) -> None:
         write_png(x, path)
@@ -170,24 +195,30 @@ class VideoWorld:
         """float (3, T, S, S) from meta["states"]."""
         return render_clip([from_dicts(s) for s in meta["states"]], self.size)
 
-    def continue_from(self, meta: dict, frame: int, n: int, seed: int) -> torch.Tensor:
-        """n continuations (n, 3, T - frame, S, S) of the clip given its first `frame`
-        frames: the oracle sampler. Each runs the world's own dynamics on from the recorded
-        state (positions and velocities) of frame `frame - 1`, which the context shows up to
-        pixel rounding. At randomness 0 every continuation equals the true one; frame 0
-        draws whole clips from the prior."""
+    def continue_from(self, meta: dict, frame: int, n: int, seed: int,
+                      max_proposals: int = CLIP_PROPOSALS) -> tuple[torch.Tensor, dict]:
+        """n continuations (n, 3, T - frame, S, S) of the clip given its first `frame` frames
+        (the oracle sampler), and the sampler's statistics. Each draws the shapes' states over
+        those frames from their posterior given the rendered frames and the shapes' recorded
+        kinds, colours, radii and order (halluscope.data.tracking), then runs the world's own
+        dynamics on from the last. Frame 0 draws whole clips from the prior. The statistics
+        say how often the drawn state at frame - 1 differs from the recorded one."""
         if not 0 <= frame <= self.frames:
             raise ValueError(f"frame must be in [0, {self.frames}], got {frame}")
         rng = np.random.default_rng(seed)
+        if frame in (0, self.frames):  # nothing to condition on, or nothing to continue
+            starts = [self.first_state(rng) for _ in range(n)] if frame == 0 else []
+            stats = {"proposals": 0, "accepted": n, "acceptance": 1.0, "state_differs": None}
+        else:
+            draws, stats = ClipPosterior(self, meta, frame).sample(n, rng, max_proposals)
+            starts = [d[-1] for d in draws]
         clips = []
-        for _ in range(n):
-            if frame == 0:
-                states = simulate(self.first_state(rng), self.frames, self.size, rng, self.randomness)
-            else:
-                last = from_dicts(meta["states"][frame - 1])
-                states = simulate(last, self.frames - frame + 1, self.size, rng, self.randomness)[1:]
-            clips.append(render_clip(states, self.size) if states else torch.empty(3, 0, self.size, self.size))
-        return torch.stack(clips)
+        for state in starts:
+            states = simulate(state, self.frames - frame + (frame > 0), self.size, rng, self.randomness)[frame > 0:]
+            clips.append(render_clip(states, self.size))
+        if not clips:
+            return torch.empty(n, 3, 0, self.size, self.size), stats
+        return torch.stack(clips), stats
 
     def write(self, x: torch.Tensor, path: Path) -> None:
         write_video(x, path, self.fps, lossless=True)

@@ -225,6 +225,8 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
                           "context_encoding": config.encoding, "target": config.target, "samples": config.samples,
                           "sampler": sampler.name, **sampler.settings, "seed": seed,
                           "metrics": {m: clean(v) for m, v in values.items()}}
+                if examples[k].id in getattr(sampler, "stats", {}):  # e.g. the oracle's acceptance rate
+                    record["sampler_stats"] = sampler.stats[examples[k].id]
                 if entropy is not None:
                     record["entropy_map"] = [clean(v) for v in entropy.flatten().tolist()]
                     record["grid"] = list(entropy.shape)

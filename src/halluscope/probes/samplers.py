@@ -9,6 +9,7 @@ folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -79,17 +80,22 @@ class GPTSampler:
 
 @dataclass
 class OracleSampler:
-    """Continuations drawn from a world's true generative process, in pixels, then tokenized:
-    the context rows (images) or frames (clips) are kept and the rest is redrawn given the
-    recorded state. The sample's context tokens are replaced by the example's own, so only
-    the continuation is the oracle's."""
+    """Continuations drawn from a world's posterior given the context, in pixels, then
+    tokenized: images from the exact posterior of the hidden rows given the context rows
+    (ImageWorld.continue_from), clips from the posterior of the shapes' states given the
+    context frames, run on by the world's own dynamics (VideoWorld.continue_from). The
+    sample's context tokens are replaced by the example's own, so only the continuation is
+    the oracle's. After each `sample`, `stats` holds each example's sampler statistics
+    (acceptance rate; for clips, how often the drawn state differs from the recorded one)."""
     world: ImageWorld | VideoWorld
     tokenizer: torch.nn.Module
     name: str = "oracle"
     settings: dict = field(default_factory=lambda: {"gpt": "oracle"})
+    stats: dict[str, dict] = field(default_factory=dict, init=False)
 
     def sample(self, examples: list[Example], tokens: torch.Tensor, context_units: int, context_tokens: int, n: int,
                generator: torch.Generator) -> torch.Tensor:
+        self.stats = {}
         return torch.stack([self.continue_one(e, tuple(tokens.shape[1:]), context_units, context_tokens, n, generator)
                             for e in examples])
 
@@ -101,27 +107,25 @@ class OracleSampler:
         seed = int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
         x = example.pixels
         _, cut = pixel_cut(x, grid, context_units)  # the first pixel row (images) or frame (clips) not shown
-        if isinstance(self.world, ImageWorld):
-            pixels = self.world.resample_below(example.meta, cut, n, seed)  # (n, 3, H, W)
-        else:
-            rest = self.world.continue_from(example.meta, cut, n, seed)  # (n, 3, T - cut, H, W)
-            pixels = torch.cat([x[None, :, :cut].expand(n, -1, -1, -1, -1), rest], dim=2)
+        pixels, self.stats[example.id] = self.world.continue_from(example.meta, cut, n, seed)
+        if isinstance(self.world, VideoWorld):
+            pixels = torch.cat([x[None, :, :cut].expand(n, -1, -1, -1, -1), pixels], dim=2)
         device = next(self.tokenizer.parameters(), torch.empty(0)).device
         return self.tokenizer.encode(pixels.to(device)).flatten(1)[:, context_tokens:]
 
 
 def world_from_folder(folder: str | os.PathLike) -> ImageWorld | VideoWorld | None:
-    """The world a folder written by `halluscope world` holds, or None for any other folder."""
+    """The world a folder written by `halluscope world` holds, or None for any other folder.
+    Parameters a folder's world.json predates take their defaults (e.g. dependence 0)."""
     path = Path(folder) / "world.json"
     if not path.is_file():
         return None
     spec = read_json(path, "world description")
-    if spec.get("kind") == "image":
-        return ImageWorld(size=spec["size"], seed=spec["seed"])
-    if spec.get("kind") == "video":
-        return VideoWorld(size=spec["size"], frames=spec["frames"], randomness=spec["randomness"], seed=spec["seed"],
-                          fps=spec["fps"])
-    raise UserError(f"{path} describes an unknown world kind {spec.get('kind')!r}")
+    kinds = {"image": ImageWorld, "video": VideoWorld}
+    if spec.get("kind") not in kinds:
+        raise UserError(f"{path} describes an unknown world kind {spec.get('kind')!r}")
+    world = kinds[spec["kind"]]
+    return world(**{f.name: spec[f.name] for f in dataclasses.fields(world) if f.name in spec})
 
 
 def world_lines(folder: str | os.PathLike) -> list[dict]:
