@@ -4,7 +4,8 @@ lattice is enumerated, and the oracle's hidden rows must match the enumerated po
 (Pearson chi-square), which the old fixed-count sampler fails. Clips: the drawn states
 render the context frames exactly, and one shape's drawn state matches a brute-force
 search over the prior (initial states, kicks) that renders whole frames. Known answers:
-the clip world's conditional entropy rises strictly with its randomness."""
+the clip world's conditional entropy rises strictly with its randomness. Shapes of one colour
+(the hard case for the clip oracle) match the plain rejection sampler."""
 
 import itertools
 from collections import Counter
@@ -15,13 +16,12 @@ from scipy.stats import chi2
 
 from halluscope.data import ImageWorld, VideoWorld
 from halluscope.data.answers import kick_entropy, known_answer
-from halluscope.data.lattice import colour_map
-from halluscope.data.shapes import KINDS, PALETTE, Shape, from_dicts, masks, mirror, move, random_shape, render
+from halluscope.data.lattice import COLOURS, colour_map
+from halluscope.data.shapes import KINDS, Shape, from_dicts, masks, mirror, move, random_shape, render
 from halluscope.data.tracking import ClipPosterior
 from halluscope.errors import UserError
 
 TINY = dict(size=16, kinds=("square", "triangle"), colors=("red", "blue"), step=2.0)
-COLOURS = list(PALETTE)
 
 
 def half_shapes(world: ImageWorld, top: int) -> list[Shape]:
@@ -147,6 +147,51 @@ def test_too_unlikely_contexts_stop_with_a_clear_message():
     _, meta = world.example(1)
     with pytest.raises(UserError, match="too unlikely .* within 10 proposals"):
         world.continue_from(meta, 4, 100, seed=0, max_proposals=10)
+
+
+def test_clip_oracle_handles_shapes_of_one_colour():
+    # Three green shapes (two identical squares) and a yellow one: which green pixels are
+    # whose is ambiguous, and drawing shapes one by one rarely tiles them (issue 17's hard case).
+    world = VideoWorld(size=32, frames=8, randomness=0.3, seed=0)
+    _, meta = world.example(13)
+    assert [s["color"] for s in meta["states"][0]] == ["green"] * 3 + ["yellow"]
+    draws, stats = ClipPosterior(world, meta, 4).sample(8, np.random.default_rng(0))
+    for states in draws:
+        for t, state in enumerate(states):
+            assert np.array_equal(render(state, 32), render(clip_shapes(meta["states"][t]), 32))
+    assert stats["acceptance"] > 0.05
+
+
+def plain_rejection(post: ClipPosterior, n: int, rng: np.random.Generator) -> list:
+    """The simple exact clip sampler: every shape independently from its own constraint
+    (lower bounds only for colours it alone has), kept if the frames render exactly."""
+    colours = [s.color for s in post.shapes]
+    tracks = [post.track(k, post.observed == COLOURS.index(c) if colours.count(c) == 1
+                         else np.zeros_like(post.observed, bool)) for k, c in enumerate(colours)]
+    out = []
+    while len(out) < n:
+        paths = [post.draw(k, tr, 1000, rng) for k, tr in enumerate(tracks)]
+        for b in range(1000):
+            states = [post.states([p[b] for p in paths], t) for t in range(post.frame)]
+            if all(np.array_equal(colour_map(render(s, post.size)), o) for s, o in zip(states, post.observed)):
+                out.append(states)
+    return out[:n]
+
+
+def test_clip_oracle_with_a_shared_colour_matches_plain_rejection():
+    world = VideoWorld(size=16, frames=4, randomness=0.3, seed=4)
+    _, meta = world.example(1)
+    post = ClipPosterior(world, meta, 2)
+    assert [s.color for s in post.shapes] == ["cyan", "purple", "cyan"] and len(post.anchors[0]) == 2
+    def last(draw):  # both cyan shapes' states at the last context frame
+        return tuple((draw[-1][k].x, draw[-1][k].y, draw[-1][k].vx, draw[-1][k].vy) for k in (0, 2))
+    mine = Counter(last(d) for d in post.sample(600, np.random.default_rng(1))[0])
+    plain = Counter(last(d) for d in plain_rejection(post, 600, np.random.default_rng(2)))
+    keys = [k for k in mine | plain if mine[k] + plain[k] >= 10]
+    table = np.array([[c[k] for k in keys] + [600 - sum(c[k] for k in keys)] for c in (mine, plain)], float)
+    table = table[:, table.sum(0) > 0]
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    assert table.shape[1] > 10 and chi2_sf(((table - expected) ** 2 / expected).sum(), table.shape[1] - 1) > 0.01
 
 
 def clip_shapes(states: list[dict]) -> tuple[Shape, ...]:

@@ -30,10 +30,12 @@ import itertools
 import numpy as np
 
 from halluscope.data.lattice import COLOURS, colour_map, geometries, prefix_sums
+from halluscope.data.posterior import components
 from halluscope.data.shapes import KINDS, STEP, Shape, State, masks, render
 from halluscope.errors import UserError
 
 MAX_PROPOSALS = 100_000
+MAX_ANCHORS = 3
 
 
 def speeds(size: int) -> np.ndarray:
@@ -55,9 +57,11 @@ def bounce(x: np.ndarray, v: np.ndarray, low: int, high: int) -> tuple[np.ndarra
 class Track:
     """Forward filter of one shape: per context frame, the lattice positions (m, 2) in eighths
     its mask may take there, and the filtered probabilities (m, V) of (position, velocity)
-    over them and the V velocities of the prior."""
+    over them and the V velocities of the prior; and log π(E), the prior probability of its
+    constraint (-inf: impossible)."""
     places: list[np.ndarray]
     probs: list[np.ndarray]
+    log_mass: float = 0.0
 
 
 class ClipPosterior:
@@ -71,34 +75,80 @@ class ClipPosterior:
         self.v = speeds(self.size)
         self.grid = np.stack(np.meshgrid(self.v, self.v, indexing="ij"), -1).reshape(-1, 2)  # velocity j: (vx, vy)
         colours = [COLOURS.index(s.color) for s in self.shapes]
-        self.must = [[(self.observed[t] == c) if colours.count(c) == 1 else np.zeros_like(self.observed[t], bool)
-                      for t in range(frame)] for c in colours]
-        self.tracks = [self.track(k) for k in range(len(self.shapes))]
-        shared = [k for k, c in enumerate(colours) if colours.count(c) > 1]
-        while shared:  # tighten the shared colours' lower bounds until they settle
-            reach = {k: self.reach(k) for k in shared}
+        self.must = [(self.observed == c) if colours.count(c) == 1 else np.zeros_like(self.observed, bool)
+                     for c in colours]  # per shape, bool (frames, S, S): L_t
+        self.groups = [[k for k in range(len(colours)) if colours[k] == c] for c in dict.fromkeys(colours)]
+        self.tracks = [self.track(k, self.must[k]) for k in range(len(self.shapes))]
+        for group in self.groups:
+            if len(group) > 1:
+                self.tighten(group, self.must, self.tracks)
+        if any(tr.log_mass == -np.inf for tr in self.tracks):
+            raise UserError("the clip oracle found no state of the world that shows this context; "
+                            "is the example from this world?")
+        self.anchors = {g[0]: self.assignments(g) for g in self.groups if len(g) > 1}
+
+    def tighten(self, group: list[int], must: list, tracks: list[Track]) -> None:
+        """Raise the lower bounds (must, in place) of shapes sharing a colour until they settle:
+        a pixel of their colour that no other of them can cover at any position its filter
+        still allows is this one's to cover; refilter (tracks, in place) whoever changed."""
+        colour, todo = COLOURS.index(self.shapes[group[0]].color), list(group)
+        while todo:
+            reach = {k: self.reach(self.shapes[k], tracks[k].places) for k in group}
             changed = []
-            for k in shared:
-                others = [reach[j] for j in shared if j != k and colours[j] == colours[k]]
-                must = [(self.observed[t] == colours[k]) & ~np.any([r[t] for r in others], axis=0)
-                        for t in range(frame)]
-                if any((m != old).any() for m, old in zip(must, self.must[k])):
-                    self.must[k] = must
+            for k in group:
+                others = np.any([reach[j] for j in group if j != k], axis=0)
+                raised = must[k] | ((self.observed == colour) & ~others)
+                if (raised != must[k]).any():
+                    must[k] = raised
                     changed.append(k)
             for k in changed:
-                self.tracks[k] = self.track(k)
-            shared = changed and shared
+                tracks[k] = self.track(k, must[k])
+            if any(tracks[k].log_mass == -np.inf for k in changed):
+                return
+            todo = changed
+
+    def assignments(self, group: list[int]) -> list[tuple[list, list[Track], float]]:
+        """Anchors for a group of shapes sharing a colour: up to MAX_ANCHORS pixels of frame 0
+        that more than one of them could cover (one per component of such pixels). A draw
+        that renders the context covers each with some shape of the group, so the draws lie
+        in the union, over the assignments of anchors to shapes that can cover them, of the
+        events "each shape covers its anchors", each tightened like the group's own bounds.
+        Returns, per possible assignment, the shapes' lower bounds, filters and probability."""
+        colour = COLOURS.index(self.shapes[group[0]].color)
+        reach = np.stack([self.reach(self.shapes[k], self.tracks[k].places[:1])[0] for k in group])
+        labels = components((reach.sum(0) > 1) & (self.observed[0] == colour))
+        anchors = [tuple(np.argwhere(labels == i)[0]) for i in range(labels.max() + 1)][:MAX_ANCHORS]
+        options = [[k for k, r in zip(group, reach) if r[a]] for a in anchors]
+        out = []
+        for owners in itertools.product(*options):
+            must, tracks = list(self.must), list(self.tracks)
+            for (y, x), k in zip(anchors, owners):
+                must[k] = must[k].copy()
+                must[k][0, y, x] = True
+            for k in set(owners):
+                tracks[k] = self.track(k, must[k])
+            if all(tracks[k].log_mass > -np.inf for k in group):
+                self.tighten(group, must, tracks)
+            log_mass = sum(tracks[k].log_mass for k in group)
+            if log_mass > -np.inf:
+                out.append((must, tracks, log_mass))
+        if not out:
+            raise UserError("the clip oracle found no state of the world that shows this context; "
+                            "is the example from this world?")
+        top = max(m for *_, m in out)
+        total = sum(np.exp(m - top) for *_, m in out)
+        return [(must, tracks, float(np.exp(m - top) / total)) for must, tracks, m in out]
 
     def limits(self, k: int) -> tuple[int, int]:
         r8 = int(self.shapes[k].r * 8)
         return r8, 8 * self.size - r8
 
-    def allowed(self, k: int, t: int) -> np.ndarray:
+    def allowed(self, k: int, t: int, must: np.ndarray) -> np.ndarray:
         """(m, 2) the lattice centres where shape k's mask fits frame t's pixels: inside U_t,
-        covering L_t (see the module docstring), sorted by code."""
+        covering the pixels `must` (L_t, see the module docstring), sorted by code."""
         shape, seen = self.shapes[k], self.observed[t]
         later = {COLOURS.index(s.color) for s in self.shapes[k:]}
-        inside, must = np.isin(seen, list(later)), self.must[k][t]
+        inside = np.isin(seen, list(later))
         s = geometries(self.size, 0, self.size, (shape.kind,), (int(shape.r),), STEP)
         idx = np.flatnonzero(inside[s.y8 // 8, s.x8 // 8])  # a shape covers the pixel its centre lies in
         counts = s.count(idx, prefix_sums(np.stack([~inside, must])))
@@ -118,41 +168,43 @@ class ClipPosterior:
         at = np.minimum(np.searchsorted(table, codes), len(table) - 1)
         return np.where(table[at] == codes, at, -1)
 
-    def track(self, k: int) -> Track:
-        """Forward-filter shape k over the context frames. A kick to velocity u then moves the
-        shape as keeping u would, so every (position, velocity) moves once, weighted by the
-        chance to keep it plus the chance to be kicked to it."""
+    def track(self, k: int, must: np.ndarray) -> Track:
+        """Forward-filter shape k over the context frames, its mask covering `must` (bool
+        (frames, S, S)). A kick to velocity u then moves the shape as keeping u would, so
+        every (position, velocity) moves once, weighted by the chance to keep it plus the
+        chance to be kicked to it."""
         (low, high), kick, n_v = self.limits(k), self.world.randomness, len(self.v)
-        places = self.allowed(k, 0)
-        tr = Track([places], [np.full((len(places), len(self.grid)), 1 / max(len(places) * len(self.grid), 1))])
+        places = self.allowed(k, 0, must[0])
+        tr = Track([places], [np.full((len(places), len(self.grid)), 1 / max(len(places) * len(self.grid), 1))],
+                   np.log(len(places) / ((high - low + 1) ** 2)) if len(places) else -np.inf)
         for t in range(1, self.frame):
+            if tr.log_mass == -np.inf:
+                break
             p = tr.probs[-1]
             w = (1 - kick) * p + kick * p.sum(1, keepdims=True) / len(self.grid)
             x, vx = bounce(tr.places[-1][:, :1], self.v[None], low, high)  # (m, n_v) per axis
             y, vy = bounce(tr.places[-1][:, 1:], self.v[None], low, high)
-            nxt = self.allowed(k, t)
+            nxt = self.allowed(k, t, must[t])
             at = self.find(np.stack(np.broadcast_arrays(x[:, :, None], y[:, None, :]), -1), nxt)  # (m, n_v, n_v)
             j = (np.searchsorted(self.v, vx)[:, :, None] * n_v + np.searchsorted(self.v, vy)[:, None, :])
             ok = at >= 0
             probs = np.bincount((at * len(self.grid) + j)[ok], w.reshape(ok.shape)[ok],
                                 len(nxt) * len(self.grid)).reshape(len(nxt), len(self.grid))
-            live = probs.sum(1) > 0
+            live, total = probs.sum(1) > 0, probs.sum()
             tr.places.append(nxt[live])
-            tr.probs.append(probs[live] / max(probs.sum(), 1e-300))
-        if len(tr.places[-1]) == 0:
-            raise UserError("the clip oracle found no state of the world that shows this context; "
-                            "is the example from this world?")
+            tr.probs.append(probs[live] / total if total > 0 else probs[live])
+            tr.log_mass += np.log(total) if total > 0 else -np.inf
         return tr
 
-    def reach(self, k: int) -> list[np.ndarray]:
-        """Per context frame, bool (S, S): the pixels shape k covers at some position its
-        forward filter still allows there (a superset of where the whole context allows it)."""
-        shape, out = self.shapes[k], []
-        for places in self.tracks[k].places:
+    def reach(self, shape: Shape, frames: list[np.ndarray]) -> np.ndarray:
+        """bool (frames, S, S): the pixels the shape covers at some of the positions given per
+        frame (for a filter's positions: a superset of where the whole context allows it)."""
+        out = []
+        for places in frames:
             covered = masks(np.full(len(places), KINDS.index(shape.kind)), shape.r, places[:, 0] / 8, places[:, 1] / 8,
                             False, np.arange(self.size), self.size)
             out.append(covered.any(0))
-        return out
+        return np.stack(out)
 
     def sources(self, x1: np.ndarray, v1: np.ndarray, low: int, high: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per axis, the (position, velocity) pairs a move takes to x1 leaving v1: straight,
@@ -163,11 +215,11 @@ class ClipPosterior:
             out.append((np.where((moved == x1) & (after == v1), x, -1), u))
         return out
 
-    def draw(self, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, frame, 4): trajectories of shape k over the context from π(· | E_k), sampled
-        backwards: the last state from the filter, then each earlier one among the states
-        that move onto the next (kept: that velocity; kicked: any, from the filter)."""
-        tr, kick, (low, high), n_v = self.tracks[k], self.world.randomness, self.limits(k), len(self.v)
+    def draw(self, k: int, tr: Track, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, frame, 4): trajectories of shape k over the context from π(· | E) of its filter
+        tr, sampled backwards: the last state from the filter, then each earlier one among the
+        states that move onto the next (kept: that velocity; kicked: any, from the filter)."""
+        kick, (low, high), n_v = self.world.randomness, self.limits(k), len(self.v)
         out = np.zeros((n, self.frame, 4), int)
         flat = tr.probs[-1].ravel()
         pick = rng.choice(len(flat), n, p=flat / flat.sum())
@@ -196,8 +248,20 @@ class ClipPosterior:
             out[:, t] = np.c_[tr.places[t][at], self.grid[u]]
         return out
 
-    def states(self, paths: list[np.ndarray], b: int, t: int) -> State:
-        return tuple(dataclasses.replace(s, x=p[b, t, 0] / 8, y=p[b, t, 1] / 8, vx=p[b, t, 2] / 8, vy=p[b, t, 3] / 8)
+    def group_draw(self, group: list[int], paths: list, rng: np.random.Generator) -> float:
+        """Draw, into paths, the shapes of a group sharing a colour: an assignment of its
+        anchors with probability ∝ its mass, then each shape from its filter under it.
+        Returns the probability to keep the draw: 1 / the number of assignments whose events
+        hold it."""
+        options = self.anchors[group[0]]
+        _, tracks, _ = options[rng.choice(len(options), p=[w for *_, w in options])]
+        for k in group:
+            paths[k] = self.draw(k, tracks[k], 1, rng)[0]
+        covers = {k: self.reach(self.shapes[k], [p[None, :2] for p in paths[k]]) for k in group}
+        return 1 / sum(all((covers[k] >= must[k]).all() for k in group) for must, *_ in options)
+
+    def states(self, paths: list[np.ndarray], t: int) -> State:
+        return tuple(dataclasses.replace(s, x=p[t, 0] / 8, y=p[t, 1] / 8, vx=p[t, 2] / 8, vy=p[t, 3] / 8)
                      for s, p in zip(self.shapes, paths))
 
     def sample(self, n: int, rng: np.random.Generator, max_proposals: int = MAX_PROPOSALS
@@ -211,10 +275,15 @@ class ClipPosterior:
                                 f"within {max_proposals} proposals")
             rate = (len(accepted) + 1) / (proposals + 1)  # size the batch to finish in about one more
             count = int(min(1024, max_proposals - proposals, max(8, 1.5 * (n - len(accepted)) / rate)))
-            paths = [self.draw(k, count, rng) for k in range(len(self.shapes))]
+            alone = [g[0] for g in self.groups if len(g) == 1]
+            drawn = {k: self.draw(k, self.tracks[k], count, rng) for k in alone}
             proposals += count
             for b in range(count):
-                states = [self.states(paths, b, t) for t in range(self.frame)]
+                paths = [drawn[k][b] if k in drawn else None for k in range(len(self.shapes))]
+                keep = np.prod([self.group_draw(g, paths, rng) for g in self.groups if len(g) > 1])
+                if rng.random() >= keep:
+                    continue
+                states = [self.states(paths, t) for t in range(self.frame)]
                 if all(np.array_equal(colour_map(render(s, self.size)), o) for s, o in zip(states, self.observed)):
                     accepted.append(states)
         last = self.truth[self.frame - 1]
