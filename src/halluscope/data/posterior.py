@@ -27,8 +27,11 @@ role, a set of shapes:
 In a draw in A, the shapes whose pixels of group g stay on top are one (an X1 g), two (an
 X2 g pair) or three (each Xm g); every other shape is D or G. So A lies in the union of the
 product events E_k, k = (N_t, coins, N_b, a role for each unknown shape) with every group of
-a half shown exactly so ("valid"), except that in a bottom half with mirror images, which may
-show groups themselves, any roles are valid.
+a half shown exactly so ("valid"). Mirror images are top shapes drawn again: the role of a
+mirrored top shape also says what its image does in the bottom's visible rows (shows bottom
+group g: "|g"; shows nothing and paints no background: "|x"; pair roles say nothing), and
+the bottom pixels that the images of k's mirrored roles could show (in their colour) are
+"wildcards" of k: the bottom's own shapes need only show its other pixels, by the same rule.
 
 Exact sampling from π(· | A): draw k with probability π(E_k) / Σ_k' π(E_k') (π(E_k): the
 count and coin probabilities times each role's prior mass, enumerated on the lattice), draw
@@ -40,7 +43,9 @@ acceptance rate (reported) is π(A) / Σ_k π(E_k).
 
 Where the bottom half cannot depend on the top (dependence 0), the halves are independent
 both a priori and given the context, so a fully visible top half is kept as drawn (any
-consistent top shows the same pixels, and nothing else depends on it).
+consistent top shows the same pixels, and nothing else depends on it). The k are drawn in two
+steps: k_top = (N_t, coins, top roles) with probability ∝ its mass times S(k_top), the mass of
+the bottom's valid (N_b, own roles) given its wildcards; then those.
 """
 
 from __future__ import annotations
@@ -112,25 +117,29 @@ class Half:
     """One half of the image: its prior, its visible rows [top, end) of the observed colour
     map, its groups, roles and valid role vectors."""
 
-    def __init__(self, size: int, top: int, bottom: int, prior: Prior, observed: np.ndarray, end: int):
+    def __init__(self, size: int, top: int, bottom: int, prior: Prior, observed: np.ndarray, end: int,
+                 wildcard: np.ndarray | None = None):
         self.top, self.end, self.prior = top, max(top, end), prior
         self.support = s = support(size, top, bottom, prior)
         self.colour_ids = np.array([COLOURS.index(c) for c in prior.colors])
         self.palette_bits = int(np.bitwise_or.reduce(1 << self.colour_ids))
-        seen = np.full((size, size), -2)  # -2: not visible, -1: background, else a colour
+        seen = np.full((size, size), -2)  # -2: not visible, -1: background, -3: a wildcard, else a colour
         seen[self.top:self.end] = observed[self.top:self.end]
-        labels = components(seen >= 0)
+        painted = seen >= 0
+        if wildcard is not None:
+            seen[wildcard & painted] = -3
+        labels = components(painted)
         self.groups = sorted({(int(seen[p]), int(labels[p])) for p in zip(*np.nonzero(seen >= 0))})
         self.pixels = [np.argwhere((seen == c) & (labels == k)) for c, k in self.groups]
         self.layers = np.stack([seen == -1] + [(seen == c) & (labels == k) for c, k in self.groups])
         self.prefix = prefix_sums(self.layers)
         hidden = np.flatnonzero(s.first_row >= self.end)
         roles = [self.single("D", None, None, hidden)]
-        if self.groups:
+        if painted.any():
             # A shape covers the pixel its centre lies in, so one with a visible pixel and none on
             # the background has its centre in a painted pixel or below the visible rows.
             row, col = s.y8 // 8, s.x8 // 8
-            centred = (row >= self.end) | (seen[np.minimum(row, size - 1), col] >= 0)
+            centred = (row >= self.end) | painted[np.minimum(row, size - 1), col]
             near = np.flatnonzero((s.first_row < self.end) & centred)
             fits = near[s.count(near, self.prefix[:1])[0] == 0]
             roles.append(self.single("G", None, None, fits))
@@ -141,7 +150,7 @@ class Half:
                 roles.append(self.single(f"Xm {g}", g, c, touching))
                 roles.extend(self.pair(g, c, touching))
         self.roles = [r for r in roles if r.mass > 0]
-        self.cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def share(self, colour: int | None) -> float:
         """The prior probability of a role's colour."""
@@ -187,9 +196,9 @@ class Half:
                  members=(pairs, starts, cum, idx[order]))
         return [a, Role(f"X2b {g}", g, colour, 1.0)] if a.mass > 0 else []
 
-    def valid(self, vector: tuple[int, ...], loose: int) -> bool:
-        """Pairs whole and in order; and every group not in the bitmask `loose` (groups a
-        mirror image may show) shown by exactly one X1, one pair, or three Xm."""
+    def valid(self, vector: tuple[int, ...]) -> bool:
+        """Pairs whole and in order, and every group shown by exactly one X1, one pair, or
+        three Xm."""
         names = [self.roles[i].name for i in vector]
         for g in range(len(self.groups)):
             a = [i for i, n in enumerate(names) if n == f"X2a {g}"]
@@ -197,20 +206,20 @@ class Half:
             if len(a) != len(b) or len(a) > 1 or (a and a[0] > b[0]):
                 return False
             shown = (names.count(f"X1 {g}"), len(a), names.count(f"Xm {g}"))
-            if not loose >> g & 1 and shown not in ((1, 0, 0), (0, 1, 0), (0, 0, 3)):
+            if shown not in ((1, 0, 0), (0, 1, 0), (0, 0, 3)):
                 return False
         return True
 
-    def vectors(self, n: int, loose: int) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The valid role vectors of n unknown shapes (V, n) and their prior masses (V,)."""
-        if (n, loose) not in self.cache:
-            vectors = [v for v in itertools.product(range(len(self.roles)), repeat=n) if self.valid(v, loose)]
+        if n not in self.cache:
+            vectors = [v for v in itertools.product(range(len(self.roles)), repeat=n) if self.valid(v)]
             mass = np.array([np.prod([self.roles[i].mass for i in v]) for v in vectors])
-            self.cache[n, loose] = np.array(vectors, int).reshape(len(vectors), n), mass
-        return self.cache[n, loose]
+            self.cache[n] = np.array(vectors, int).reshape(len(vectors), n), mass
+        return self.cache[n]
 
-    def total(self, n: int, loose: int) -> float:
-        return float(self.vectors(n, loose)[1].sum())
+    def total(self, n: int) -> float:
+        return float(self.vectors(n)[1].sum())
 
     def members(self, role: Role) -> np.ndarray:
         """The geometries a role's shapes can have (for a pair role, either member's)."""
@@ -268,9 +277,9 @@ class Half:
                                       self.pixels[self.roles[r].group]).any(0).all()
                    for i, r in enumerate(vector) if names[i].startswith("X2a"))
 
-    def multiplicity(self, idx: np.ndarray, colour: np.ndarray, loose: int) -> int:
+    def multiplicity(self, idx: np.ndarray, colour: np.ndarray) -> int:
         """How many valid role vectors hold these shapes (one draw's n unknown shapes)."""
-        vectors, _ = self.vectors(len(idx), loose)
+        vectors, _ = self.vectors(len(idx))
         held = self.held(idx, colour)
         ok = held[np.arange(len(idx)), vectors].all(1)
         return sum(self.pairs_hold(v, idx) for v in vectors[ok])
@@ -284,21 +293,11 @@ def pick_colour(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class ImagePosterior:
-    """Draws from the exact posterior of an ImageWorld's image given its rows [0, row), with
-    the scheme of the module docstring, k split in two stages:
-
-    1. k_top = (N_t, coins, a role per top shape) with probability ∝ π(E_ktop) · S̄(k_top),
-       then the top shapes from their roles. The role of a shape whose mirror image is drawn
-       also says what that image does in the bottom's visible rows: shows group g ("|g"), or
-       shows nothing and paints no background ("|x"); pair roles say nothing of it.
-    2. (N_b, a role vector of the bottom's own shapes) with probability ∝ π(N_b) π(E_kbot)
-       among those valid for the top drawn, where a bottom group is loosened if a mirror image
-       touches it in its colour: S(top) is their sum. S̄(k_top) is the same sum with what any
-       shape of each role could do, so S(top) ≤ S̄(k_top), with equality unless a mirrored
-       shape has a pair role; the top is kept with probability S(top) / S̄(k_top).
-
-    A draw x is then proposed with probability ∝ π(x) · (# valid k_top ∋ x) · (# valid k_bot ∋ x),
-    and accepted, if it renders the visible rows exactly, with probability 1 / (that product)."""
+    """Draws from the exact posterior of an ImageWorld's image given its rows [0, row), by
+    the scheme of the module docstring. A draw x is proposed with probability ∝ π(x) ×
+    (Σ over the valid k_top holding its top of the number of valid bottom role vectors, for
+    k_top's wildcards, holding its own bottom shapes), and accepted, if it renders the
+    visible rows exactly, with probability 1 / that sum."""
 
     def __init__(self, world, meta: dict, row: int):
         self.world, self.row, self.size = world, row, world.size
@@ -307,13 +306,13 @@ class ImagePosterior:
         self.observed = colour_map(render(top + bottom, self.size))
         p = world.dependence
         self.known_top = top if p == 0 and row >= self.mid else None  # the halves are independent; it is seen whole
-        self.bottom = Half(self.size, self.mid, self.size, world.prior, self.observed, row)
-        self.mirror_prefix = prefix_sums(self.bottom.layers[:, ::-1])  # a top shape's mirror image, counted in place
-        self.group_colour = np.array([c for c, _ in self.bottom.groups], int)
+        self.bottoms: dict[bytes, Half] = {}  # the bottom half, per pattern of wildcards
+        self.plain = self.bottom(np.zeros((self.size, self.size), bool))
+        self.mirror_prefix = prefix_sums(self.plain.layers[:, ::-1])  # a top shape's mirror image, counted in place
+        self.group_colour = np.array([c for c, _ in self.plain.groups], int)
         coins = [np.array(c, bool) for c in itertools.product((0, 1), repeat=MAX_SHAPES)]
         self.coins = [(c, float(np.prod(np.where(c, p, 1 - p)))) for c in coins]
         self.coins = [c for c in self.coins if c[1] > 0]  # (coins, probability)
-        self.sums: dict[tuple[int, int, int], float] = {}
         if self.known_top is None:
             self.top = Half(self.size, 0, self.mid, world.prior, self.observed, min(row, self.mid))
             # Mirror images matter only where the bottom shows rows; elsewhere mirrored slots take top roles.
@@ -321,20 +320,29 @@ class ImagePosterior:
             names = [r.name for r in self.top.roles]
             self.bases = np.array([names.index(r.name.split("|")[0]) for r in self.slot_roles])
             self.tags = [r.name.split("|")[1] if "|" in r.name else None for r in self.slot_roles]
-            self.reaches: dict[int, tuple[int, bool]] = {}
-            self.choices = []  # (N_t, coins id, role vector, weight, bound)
+            self.shows: dict[int, np.ndarray] = {}
+            self.choices = []  # (N_t, coins id, role vector, weight, bottom half)
             for n_top, c in itertools.product(range(1, MAX_SHAPES + 1), range(len(self.coins))):
                 for vector, mass in self.top_vectors(n_top, self.coins[c][0]):
-                    bound = self.bound(vector, c)
-                    if mass * bound > 0:
-                        self.choices.append((n_top, c, vector, self.coins[c][1] * mass * bound / MAX_SHAPES, bound))
+                    half = self.bottom(self.wildcards(vector, self.coins[c][0]))
+                    weight = self.coins[c][1] * mass * self.bottom_sum(half, c) / MAX_SHAPES
+                    if weight > 0:
+                        self.choices.append((n_top, c, vector, weight, half))
             weights = np.array([ch[3] for ch in self.choices])
         else:
-            weights = np.array([prob * self.bottom_sum(len(top), c, 0) for c, (_, prob) in enumerate(self.coins)])
+            weights = np.array([prob * self.bottom_sum(self.plain, c) for c, (_, prob) in enumerate(self.coins)])
         if weights.sum() <= 0:
             raise UserError("the image oracle found no draw of the world that shows this context; "
                             "is the example from this world?")
         self.weights = weights / weights.sum()
+
+    def bottom(self, wildcard: np.ndarray) -> Half:
+        """The bottom half whose own shapes need not show the wildcard pixels (kept per pattern)."""
+        key = np.packbits(wildcard).tobytes()
+        if key not in self.bottoms:
+            self.bottoms[key] = Half(self.size, self.mid, self.size, self.world.prior, self.observed, self.row,
+                                     wildcard)
+        return self.bottoms[key]
 
     def effect(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For top shapes (support indices), their mirror images in the bottom's visible rows:
@@ -376,48 +384,45 @@ class ImagePosterior:
         for vector in itertools.product(*alphabets):
             base = tuple(self.bases[list(vector)])
             if base not in valid:
-                valid[base] = self.top.valid(base, 0)
+                valid[base] = self.top.valid(base)
             if valid[base]:
                 yield np.array(vector), float(np.prod([self.slot_roles[r].mass for r in vector]))
 
-    def bottom_sum(self, n_top: int, c: int, loose: int) -> float:
-        """Σ over N_b of π(N_b) × the mass of the bottom's valid own role vectors, for coins c."""
-        key = (n_top, c, loose)
-        if key not in self.sums:
-            coins = self.coins[c][0]
-            self.sums[key] = sum(self.bottom.total(int((~coins & (np.arange(MAX_SHAPES) < n_b)).sum()), loose)
-                                 for n_b in range(1, MAX_SHAPES + 1)) / MAX_SHAPES
-        return self.sums[key]
-
-    def bound(self, vector: np.ndarray, c: int) -> float:
-        """S̄(k_top): the bottom's sum with the groups any shape of each mirrored role could show."""
-        loose, coins = 0, self.coins[c][0]
+    def wildcards(self, vector: np.ndarray, coins: np.ndarray) -> np.ndarray:
+        """bool (S, S): the bottom pixels that the mirror image of some shape of a mirrored
+        slot's role could show."""
+        out = np.zeros((self.size, self.size), bool)
         for j, r in enumerate(vector):
-            if not coins[j] or self.row <= self.mid:
-                continue
-            tag = self.tags[r]
-            if tag is None:  # a pair role: whatever its members' mirror images could do
-                reach, possible = self.pair_reach(r)
-                if not possible:
-                    return 0.0
-                loose |= reach
-            elif tag != "x":
-                loose |= 1 << int(tag)
-        return self.bottom_sum(len(vector), c, loose)
+            if coins[j] and self.row > self.mid and self.tags[r] != "x":
+                out |= self.can_show(r)
+        return out
 
-    def pair_reach(self, r: int) -> tuple[int, bool]:
-        """The groups some member of pair role r could touch as a mirror image in its colour,
-        and whether some member's mirror image could paint no background (kept per role)."""
-        if r not in self.reaches:
-            touch, clean = self.effect(self.top.members(self.slot_roles[r]))
-            mine = touch[clean] & (self.group_colour == self.slot_roles[r].colour)
-            self.reaches[r] = bits(mine.any(0)), bool(clean.any())
-        return self.reaches[r]
+    def can_show(self, r: int) -> np.ndarray:
+        """bool (S, S): the bottom pixels the mirror images of slot role r's shapes cover and
+        could show: those of its group ("|g") or, for a pair role, of its colour (kept per role)."""
+        if r not in self.shows:
+            role, tag, s = self.slot_roles[r], self.tags[r], self.top.support
+            idx, rows = self.top.members(role), np.arange(self.mid, self.row)
+            cover = np.zeros((len(rows), self.size), bool)
+            for at in range(0, len(idx), 4096):
+                part = idx[at:at + 4096]
+                cover |= masks(s.kind[part], s.r[part], s.x8[part] / 8, self.size - s.y8[part] / 8, True, rows,
+                               self.size).any(0)
+            mine = self.plain.layers[1 + int(tag)] if tag is not None else self.observed == role.colour
+            self.shows[r] = np.zeros((self.size, self.size), bool)
+            self.shows[r][rows] = cover & mine[rows]
+        return self.shows[r]
+
+    def bottom_sum(self, half: Half, c: int) -> float:
+        """Σ over N_b of π(N_b) × the mass of the valid role vectors of the own shapes, for
+        coins c."""
+        coins = self.coins[c][0]
+        return sum(half.total(int((~coins & (np.arange(MAX_SHAPES) < n_b)).sum()))
+                   for n_b in range(1, MAX_SHAPES + 1)) / MAX_SHAPES
 
     def propose(self, count: int, rng: np.random.Generator) -> Draws:
-        """Draws that pass stage 1, out of count: in the order drawn, as arrays."""
+        """count draws from π restricted to E, in the order drawn, as arrays."""
         picks = rng.choice(len(self.weights), count, p=self.weights)
-        b = np.arange(count)
         top_idx, top_colour = np.full((count, MAX_SHAPES), -1), np.full((count, MAX_SHAPES), -1)
         if self.known_top is None:
             n_top, c = np.array([self.choices[k][0] for k in picks]), np.array([self.choices[k][1] for k in picks])
@@ -426,37 +431,26 @@ class ImagePosterior:
                 if len(rows):
                     vectors = np.array([self.choices[picks[k]][2] for k in rows])
                     top_idx[rows, :n], top_colour[rows, :n] = self.top.draw(vectors, rng, self.slot_roles)
-            coins = np.array([self.coins[k][0] for k in c]) & (top_idx >= 0)
-            loose, clean = np.zeros(count, int), np.ones(count, bool)
-            if self.row > self.mid and coins.any():
-                touch, ok = self.effect(top_idx[coins])
-                mine = touch & (top_colour[coins][:, None] == self.group_colour)
-                rows = b[:, None].repeat(MAX_SHAPES, 1)[coins]
-                np.bitwise_or.at(loose, rows, mine.astype(int) @ (1 << np.arange(mine.shape[1])))
-                np.logical_and.at(clean, rows, ok)
-            total = np.array([self.bottom_sum(n, k, lo) if ok else 0.0 for n, k, lo, ok in zip(n_top, c, loose, clean)])
-            bound = np.array([self.choices[k][4] for k in picks])
-            keep = rng.random(count) * bound < total  # keep the top with probability S(top) / S̄(k_top)
+            halves = [self.choices[k][4] for k in picks]
         else:
-            n_top, c = np.full(count, len(self.known_top)), picks
-            loose, keep = np.zeros(count, int), np.ones(count, bool)
-        d = Draws(picks[keep], top_idx[keep], top_colour[keep], n_top[keep], c[keep], loose[keep])
-        # Stage 2: N_b, then the bottom's own shapes, for each (coins, loose) alike.
-        d.n_bottom = np.zeros(len(d.c), int)
-        d.own_idx, d.own_colour = np.full((len(d.c), MAX_SHAPES), -1), np.full((len(d.c), MAX_SHAPES), -1)
-        for k, lo in set(zip(d.c.tolist(), d.loose.tolist())):
-            rows = np.flatnonzero((d.c == k) & (d.loose == lo))
+            n_top, c, halves = np.full(count, len(self.known_top)), picks, [self.plain] * count
+        d = Draws(picks, top_idx, top_colour, n_top, c, halves)
+        # Then N_b and the bottom's own shapes, for each (coins, bottom half) alike.
+        d.n_bottom = np.zeros(count, int)
+        d.own_idx, d.own_colour = np.full((count, MAX_SHAPES), -1), np.full((count, MAX_SHAPES), -1)
+        which = np.array([id(h) for h in halves])
+        for k, half in {(k, id(h)): (k, h) for k, h in zip(c.tolist(), halves)}.values():
+            rows = np.flatnonzero((c == k) & (which == id(half)))
             coins = self.coins[k][0]
             sizes = [int((~coins & (np.arange(MAX_SHAPES) < n_b)).sum()) for n_b in range(1, MAX_SHAPES + 1)]
-            totals = np.array([self.bottom.total(n, lo) for n in sizes])
+            totals = np.array([half.total(n) for n in sizes])
             d.n_bottom[rows] = 1 + rng.choice(MAX_SHAPES, len(rows), p=totals / totals.sum())
-            for n_b in range(1, MAX_SHAPES + 1):
+            for n_b, n in zip(range(1, MAX_SHAPES + 1), sizes):
                 these = rows[d.n_bottom[rows] == n_b]
-                if len(these) and sizes[n_b - 1]:
-                    vectors, mass = self.bottom.vectors(sizes[n_b - 1], lo)
+                if len(these) and n:
+                    vectors, mass = half.vectors(n)
                     chosen = vectors[rng.choice(len(vectors), len(these), p=mass / mass.sum())]
-                    n = sizes[n_b - 1]
-                    d.own_idx[these, :n], d.own_colour[these, :n] = self.bottom.draw(chosen, rng)
+                    d.own_idx[these, :n], d.own_colour[these, :n] = half.draw(chosen, rng)
         return d
 
     def layers(self, d: Draws) -> dict[str, np.ndarray]:
@@ -477,7 +471,7 @@ class ImagePosterior:
         own = ~coins & (slots < d.n_bottom[:, None])
         rank = np.maximum(np.cumsum(own, 1) - 1, 0)  # a bottom rank's place among the own shapes
         own_idx = np.where(own, np.take_along_axis(d.own_idx, rank, 1), -1)
-        put(out, slice(MAX_SHAPES, None), self.bottom.support, own_idx, np.take_along_axis(d.own_colour, rank, 1))
+        put(out, slice(MAX_SHAPES, None), self.plain.support, own_idx, np.take_along_axis(d.own_colour, rank, 1))
         for k in out:
             out[k][:, MAX_SHAPES:] = np.where(mirrored, out[k][:, :MAX_SHAPES], out[k][:, MAX_SHAPES:])
         out["y"][:, MAX_SHAPES:] = np.where(mirrored, self.size - out["y"][:, :MAX_SHAPES], out["y"][:, MAX_SHAPES:])
@@ -503,27 +497,6 @@ class ImagePosterior:
             ok[live] = (seen == self.observed[rows]).all((1, 2))
         return ok
 
-    def top_multiplicity(self, idx: np.ndarray, colour: np.ndarray, c: int) -> int:
-        """How many valid k_top (same N_t and coins) hold these top shapes."""
-        base = self.top.held(idx, colour)
-        if self.row > self.mid:
-            touch, clean = self.effect(idx)
-        else:  # nothing visible below: mirror images do nothing there
-            touch, clean = np.zeros((len(idx), 0), bool), np.ones(len(idx), bool)
-        mine = touch & (colour[:, None] == self.group_colour)
-        held = base[:, self.bases]
-        for r, tag in enumerate(self.tags):
-            if tag is not None:
-                held[:, r] &= clean & (~mine.any(1) if tag == "x" else mine[:, int(tag)])
-        return sum(self.top.pairs_hold(self.bases[vector], idx) for n_top, ch, vector, _, _ in self.choices
-                   if n_top == len(idx) and ch == c and held[np.arange(len(idx)), vector].all())
-
-    def multiplicity(self, d: Draws, b: int) -> int:
-        own = int((d.own_idx[b] >= 0).sum())
-        m = 1 if self.known_top is not None else self.top_multiplicity(d.top_idx[b, :d.n_top[b]],
-                                                                        d.top_colour[b, :d.n_top[b]], d.c[b])
-        return m * self.bottom.multiplicity(d.own_idx[b, :own], d.own_colour[b, :own], int(d.loose[b]))
-
     def sample(self, n: int, rng: np.random.Generator, max_proposals: int = MAX_PROPOSALS) -> tuple[list[State], dict]:
         """n posterior draws (each its layers in drawing order) and the sampler's statistics."""
         accepted, proposals = [], 0
@@ -544,17 +517,39 @@ class ImagePosterior:
                               "acceptance": len(accepted) / proposals}
 
 
+    def multiplicity(self, d: Draws, b: int) -> int:
+        """Σ over the valid k_top (same N_t and coins) holding draw b's top of the number of
+        valid role vectors of its bottom half holding b's own shapes."""
+        own = int((d.own_idx[b] >= 0).sum())
+        own_idx, own_colour = d.own_idx[b, :own], d.own_colour[b, :own]
+        if self.known_top is not None:
+            return self.plain.multiplicity(own_idx, own_colour)
+        idx, colour = d.top_idx[b, :d.n_top[b]], d.top_colour[b, :d.n_top[b]]
+        base = self.top.held(idx, colour)
+        if self.row > self.mid:
+            touch, clean = self.effect(idx)
+        else:  # nothing visible below: mirror images do nothing there
+            touch, clean = np.zeros((len(idx), 0), bool), np.ones(len(idx), bool)
+        mine = touch & (colour[:, None] == self.group_colour)
+        held = base[:, self.bases]
+        for r, tag in enumerate(self.tags):
+            if tag is not None:
+                held[:, r] &= clean & (~mine.any(1) if tag == "x" else mine[:, int(tag)])
+        return sum(half.multiplicity(own_idx, own_colour) for n_top, ch, vector, _, half in self.choices
+                   if n_top == len(idx) and ch == d.c[b] and held[np.arange(len(idx)), vector].all()
+                   and self.top.pairs_hold(self.bases[vector], idx))
+
 @dataclass
 class Draws:
-    """A batch of proposals that passed stage 1, as arrays: the k_top choice (or coins id for
-    a known top); the top shapes (B, 3) (-1: none); N_t; the coins id; the loosened bottom
-    groups; and, after stage 2, N_b and the bottom's own shapes (B, 3) by rank among them."""
+    """A batch of proposals as arrays: the k_top choice (or coins id for a known top); the top
+    shapes (B, 3) (-1: none); N_t; the coins id; each draw's bottom half (its wildcards); and
+    N_b and the bottom's own shapes (B, 3) by rank among them."""
     pick: np.ndarray
     top_idx: np.ndarray
     top_colour: np.ndarray
     n_top: np.ndarray
     c: np.ndarray
-    loose: np.ndarray
+    halves: list
     n_bottom: np.ndarray | None = None
     own_idx: np.ndarray | None = None
     own_colour: np.ndarray | None = None
@@ -575,6 +570,3 @@ def state(layers: dict[str, np.ndarray], b: int) -> State:
                  for c in range(2 * MAX_SHAPES) if layers["on"][b, c])
 
 
-def bits(flags: np.ndarray) -> int:
-    """The bitmask of a bool vector."""
-    return int((flags.astype(int) << np.arange(len(flags))).sum())

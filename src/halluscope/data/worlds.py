@@ -206,19 +206,15 @@ class VideoWorld:
         if not 0 <= frame <= self.frames:
             raise ValueError(f"frame must be in [0, {self.frames}], got {frame}")
         rng = np.random.default_rng(seed)
-        if frame in (0, self.frames):  # nothing to condition on, or nothing to continue
-            starts = [self.first_state(rng) for _ in range(n)] if frame == 0 else []
-            stats = {"proposals": 0, "accepted": n, "acceptance": 1.0, "state_differs": None}
+        stats = {"proposals": 0, "accepted": n, "acceptance": 1.0, "state_differs": None}
+        if frame == self.frames:  # nothing to continue
+            return torch.empty(n, 3, 0, self.size, self.size), stats
+        if frame == 0:  # nothing to condition on
+            clips = [simulate(self.first_state(rng), self.frames, self.size, rng, self.randomness) for _ in range(n)]
         else:
             draws, stats = ClipPosterior(self, meta, frame).sample(n, rng, max_proposals)
-            starts = [d[-1] for d in draws]
-        clips = []
-        for state in starts:
-            states = simulate(state, self.frames - frame + (frame > 0), self.size, rng, self.randomness)[frame > 0:]
-            clips.append(render_clip(states, self.size))
-        if not clips:
-            return torch.empty(n, 3, 0, self.size, self.size), stats
-        return torch.stack(clips), stats
+            clips = [simulate(d[-1], self.frames - frame + 1, self.size, rng, self.randomness)[1:] for d in draws]
+        return torch.stack([render_clip(states, self.size) for states in clips]), stats
 
     def write(self, x: torch.Tensor, path: Path) -> None:
         write_video(x, path, self.fps, lossless=True)
