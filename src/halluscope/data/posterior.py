@@ -434,7 +434,7 @@ class ImagePosterior:
             halves = [self.choices[k][4] for k in picks]
         else:
             n_top, c, halves = np.full(count, len(self.known_top)), picks, [self.plain] * count
-        d = Draws(picks, top_idx, top_colour, n_top, c, halves)
+        d = Draws(top_idx, top_colour, n_top, c, halves)
         # Then N_b and the bottom's own shapes, for each (coins, bottom half) alike.
         d.n_bottom = np.zeros(count, int)
         d.own_idx, d.own_colour = np.full((count, MAX_SHAPES), -1), np.full((count, MAX_SHAPES), -1)
@@ -541,10 +541,9 @@ class ImagePosterior:
 
 @dataclass
 class Draws:
-    """A batch of proposals as arrays: the k_top choice (or coins id for a known top); the top
-    shapes (B, 3) (-1: none); N_t; the coins id; each draw's bottom half (its wildcards); and
-    N_b and the bottom's own shapes (B, 3) by rank among them."""
-    pick: np.ndarray
+    """A batch of proposals as arrays: the top shapes (B, 3) (-1: none); N_t; the coins id;
+    each draw's bottom half (its wildcards); and N_b and the bottom's own shapes (B, 3) by
+    rank among them."""
     top_idx: np.ndarray
     top_colour: np.ndarray
     n_top: np.ndarray
