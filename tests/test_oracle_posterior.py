@@ -191,7 +191,7 @@ def test_clip_oracle_with_a_shared_colour_matches_plain_rejection():
     table = np.array([[c[k] for k in keys] + [600 - sum(c[k] for k in keys)] for c in (mine, plain)], float)
     table = table[:, table.sum(0) > 0]
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
-    assert table.shape[1] > 10 and chi2_sf(((table - expected) ** 2 / expected).sum(), table.shape[1] - 1) > 0.01
+    assert table.shape[1] > 10 and chi2.sf(((table - expected) ** 2 / expected).sum(), table.shape[1] - 1) > 0.01
 
 
 def clip_shapes(states: list[dict]) -> tuple[Shape, ...]:

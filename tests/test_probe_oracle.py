@@ -93,9 +93,11 @@ def test_report_compares_image_and_clip_runs(tmp_path):
     assert sorted(line_label(r, 2) for r in rows) == ["image: oracle", "video: oracle"]
     html = write_report([tmp_path / "run-img", tmp_path / "run-vid"], tmp_path / "both").read_text()
     assert (tmp_path / "both" / "plots" / "diversity.png").is_file()
-    # objects, context leak, chance, calibration and full tables: header + 2 rows each (no baselines: no skill
-    # table); the oracle has no entropies; the object figures lead
-    assert html.count("<tr>") == 15 and "entropy_maps" not in html and "rank_histograms" in html
-    assert html.index("Objects: hallucination") < html.index("Against chance") < html.index("Calibration")
+    # objects, known answers, context leak, chance, calibration and full tables: header + 2 rows each (no
+    # baselines: no skill table); the oracle has no entropies; the object figures lead
+    assert html.count("<tr>") == 18 and "entropy_maps" not in html and "rank_histograms" in html
+    assert html.index("Objects: hallucination") < html.index("Known answers") < html.index("Against chance") \
+        < html.index("Calibration")
+    assert "sampler_acceptance" in html and "the halves are drawn independently" in html
     assert "Against baselines" not in html and "whole continuation" in html
 

@@ -207,8 +207,13 @@ def test_shuffled_oracle_continues_the_donor():
                                                                          "of": "oracle"}
     tokens = tokenizer.encode(torch.stack([e.pixels for e in examples]))
     drawn = shuffled.sample(examples[:2], tokens[:2], 2, 32, 3, torch.Generator().manual_seed(0))
-    # At randomness 0 the oracle reproduces the donor's own continuation.
-    assert torch.equal(drawn[0, 0], tokens[2].flatten()[32:]) and torch.equal(drawn[1, 2], tokens[3].flatten()[32:])
+    # The oracle's own draws on the donors, from the same generator, and nearer the donors' truth than their own.
+    on_donors = OracleSampler(world, tokenizer).sample(examples[2:4], tokens[2:4], 2, 32, 3,
+                                                       torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, on_donors)
+    for own, donor in ((0, 2), (1, 3)):
+        assert ((drawn[own] == tokens[donor].flatten()[32:]).float().mean(1) >
+                (drawn[own] == tokens[own].flatten()[32:]).float().mean(1)).all()
 
 
 def test_training_marginal_from_a_gpt_folder_or_a_cache(tmp_path):

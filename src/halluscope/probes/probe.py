@@ -295,8 +295,9 @@ def summarize(records: list[dict]) -> list[dict]:
         groups.setdefault((r["kind"], r["sampler"], r["context"]), []).append(r)
     rows = []
     for (kind, sampler, context), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        names = sorted({m for r in rs for m in r["metrics"]})
-        stats = {m: bootstrap_ci([r["metrics"].get(m) for r in rs]) for m in names}
+        values = [{**r["metrics"], **sampler_metrics(r)} for r in rs]
+        names = sorted({m for v in values for m in v})
+        stats = {m: bootstrap_ci([v.get(m) for v in values]) for m in names}
         for d in DISTANCES:
             if f"skill_{d}" in names:
                 stats[f"spread_skill_{d}"] = ratio_ci([r["metrics"].get(f"skill_{d}") for r in rs],
@@ -306,12 +307,22 @@ def summarize(records: list[dict]) -> list[dict]:
         for d, h in histograms.items():  # the uniformity p-value also goes to the CSV, without an interval
             stats[f"rank_{d}_p"] = {"mean": h["p"], "lo": None, "hi": None, "n": int(sum(h["counts"]))}
         settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p", "baseline", "of")}
+        notes = sorted({r["sampler_stats"]["note"] for r in rs if "note" in r.get("sampler_stats", {})})
         rows.append({"kind": kind, "sampler": sampler, "context": context, "target": rs[0].get("target"),
                      "context_encoding": rs[0].get("context_encoding", "full"),  # older records: full
                      "examples": len(rs), "settings": settings, "plain": plain(settings),
-                     "metrics": dict(sorted(stats.items())), "rank_histograms": histograms})
+                     "metrics": dict(sorted(stats.items())), "rank_histograms": histograms,
+                     **({"sampler_notes": notes} if notes else {})})
     skill.compare(rows, records)
     return rows
+
+
+def sampler_metrics(record: dict) -> dict[str, float]:
+    """A record's numeric sampler statistics as metrics `sampler_{name}` (the oracle's
+    acceptance rate, how often its drawn clip state differs from the recorded one, the
+    world's known entropy and information in bits), so the summary gives them intervals."""
+    return {f"sampler_{k}": v for k, v in record.get("sampler_stats", {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def add_redundancy(rows: list[dict], curves: dict[str, list[dict]]) -> None:

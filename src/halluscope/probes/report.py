@@ -58,6 +58,8 @@ CURVES = [
 OBJECT_COLUMNS = ["objects_truth", "objects_invented", "objects_dropped", "objects_recoloured",
                   "objects_position_error", "energy_objects", "relative_energy_objects", "tokenizer_objects_invented",
                   "tokenizer_objects_dropped", "tokenizer_objects_recoloured"]
+KNOWN_COLUMNS = ["diversity_tokens", "diversity_pixels", "match_mean", "sampler_acceptance", "sampler_state_differs",
+                 "sampler_conditional_entropy_bits", "sampler_mutual_information_bits"]
 CHANCE_COLUMNS = ["match_mean", "chance_match", "chance_corrected_match", "foreground_share", "foreground_match_mean",
                   "foreground_chance_corrected_match", "retrieval", "retrieval_chance"]
 SKILL_METRICS = ["energy_objects", "objects_invented", "energy_pixels", "chance_corrected_match"]
@@ -311,6 +313,15 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                       "uncertainty alone explains, and relative_energy_objects = a sampler's object energy score / "
                       "the oracle's (1: as good). tokenizer_objects_*: the decoded truth against the raw truth, the "
                       "tokenizer's own floor.", summary_table(rows, OBJECT_COLUMNS)),
+              section("Known answers: what the world itself says",
+                      "The oracle draws from the world's exact posterior given the shown pixels. sampler_acceptance: "
+                      "its rejection sampler's acceptance rate; sampler_state_differs (clips): the share of its draws "
+                      "whose state at the last shown frame is not the recorded one (the context's own ambiguity). "
+                      "sampler_conditional_entropy_bits / sampler_mutual_information_bits: the world's entropy of the "
+                      "continuation given the context and its information about it, where its definition gives them "
+                      "exactly (–: no closed form; the oracle's diversity is then the known answer). "
+                      + html.escape(" ".join(sorted({n for r in rows for n in r.get("sampler_notes", [])}))),
+                      summary_table([r for r in rows if "sampler_acceptance" in r["metrics"]], KNOWN_COLUMNS)),
               leak_table(rows),
               section("Against chance", "chance_match: the match rate expected of a sampler drawing each position "
                       "from the training tokens' marginal; chance_corrected_match = (match − chance) / (1 − chance), "

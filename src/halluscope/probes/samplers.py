@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from halluscope.data import ImageFolder, ImageWorld, VideoFolder, VideoWorld
+from halluscope.data.answers import known_answer
 from halluscope.errors import UserError
 from halluscope.gpt.model import GPT
 from halluscope.gpt.sampling import check_sampling
@@ -86,7 +87,8 @@ class OracleSampler:
     context frames, run on by the world's own dynamics (VideoWorld.continue_from). The
     sample's context tokens are replaced by the example's own, so only the continuation is
     the oracle's. After each `sample`, `stats` holds each example's sampler statistics
-    (acceptance rate; for clips, how often the drawn state differs from the recorded one)."""
+    (acceptance rate; for clips, how often the drawn state differs from the recorded one) and
+    the world's known answer at that context (data/answers.py), which the summary averages."""
     world: ImageWorld | VideoWorld
     tokenizer: torch.nn.Module
     name: str = "oracle"
@@ -107,7 +109,9 @@ class OracleSampler:
         seed = int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
         x = example.pixels
         _, cut = pixel_cut(x, grid, context_units)  # the first pixel row (images) or frame (clips) not shown
-        pixels, self.stats[example.id] = self.world.continue_from(example.meta, cut, n, seed)
+        pixels, stats = self.world.continue_from(example.meta, cut, n, seed)
+        shapes = len(example.meta["states"][0]) if isinstance(self.world, VideoWorld) else None
+        self.stats[example.id] = {**stats, **known_answer(self.world, cut, shapes)}
         if isinstance(self.world, VideoWorld):
             pixels = torch.cat([x[None, :, :cut].expand(n, -1, -1, -1, -1), pixels], dim=2)
         device = next(self.tokenizer.parameters(), torch.empty(0)).device
