@@ -15,7 +15,9 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_models(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| sampler | modality | context | objects invented | objects dropped | objects recoloured |" in printed
-    assert "finding at context 0.5:" in printed and "report.html" in printed
+    assert "verdict at context 0.5: " in printed and "report.html" in printed
+    verdict = json.loads((out / "report" / "verdict.json").read_text())
+    assert verdict["outcome"] in ("reproduced", "not reproduced", "inconclusive") and verdict["line"] in printed
     oracle = {}
     for modality, grid in (("image", [16, 16]), ("clip", [4, 8, 8])):
         assert json.loads((out / modality / "tokens" / "manifest.json").read_text())["grid"] == grid
@@ -43,4 +45,4 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_models(tmp_path, capsys):
     assert time.perf_counter() - t0 < 60
     for m, mtime in weights.items():  # not retrained
         assert (out / m / "gpt" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
-    assert "finding at context 0.5:" in capsys.readouterr().out
+    assert verdict["line"] in capsys.readouterr().out

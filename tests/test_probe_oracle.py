@@ -92,7 +92,7 @@ def test_report_compares_image_and_clip_runs(tmp_path):
     rows = load_runs([tmp_path / "run-img", tmp_path / "run-vid"])
     assert sorted(line_label(r, 2) for r in rows) == ["image: oracle", "video: oracle"]
     html = write_report([tmp_path / "run-img", tmp_path / "run-vid"], tmp_path / "both").read_text()
-    assert (tmp_path / "both" / "plots" / "diversity.png").is_file()
+    assert not (tmp_path / "both" / "plots" / "diversity.png").exists()  # one context: a dot, not a curve
     # objects, known answers, context leak, chance, calibration and full tables: header + 2 rows each (no
     # baselines: no skill table); the oracle has no entropies; the object figures lead
     assert html.count("<tr>") == 18 and "entropy_maps" not in html and "rank_histograms" in html

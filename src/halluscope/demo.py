@@ -41,6 +41,7 @@ class DemoSize:
 FULL = DemoSize(train=1000, heldout=32, tokenizer_steps=400, gpt_steps=1200, samples=8)
 QUICK = DemoSize(train=32, heldout=4, tokenizer_steps=4, gpt_steps=12, samples=2)
 CONTEXTS = (0.25, 0.5, 0.75)
+VERDICT_AT = 0.5  # the context the pre-registered verdict tests (docs/probes.md, "The verdict")
 
 
 @dataclass
@@ -70,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (reused by a second run)")
     p.add_argument("--quick", action="store_true", help="a much smaller version (tests, a first look)")
     p.add_argument("--retrain", action="store_true", help="delete --out and start over")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="tokenizer+GPT pairs trained per modality (training seeds 0..K-1); the verdict's interval "
+                        "resamples them; seeds after the first are probed at context 0.5 only (default 1)")
     p.set_defaults(func=demo_command)
 
 
@@ -77,8 +81,10 @@ def demo_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.retrain:
         shutil.rmtree(out, ignore_errors=True)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     t0 = time.perf_counter()
-    result = run_demo(out, QUICK if args.quick else FULL)
+    result = run_demo(out, QUICK if args.quick else FULL, args.seeds)
     print(f"\n{result['table']}\n\n{result['verdict']}\n")
     print(f"report: {result['report']}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s. Try the models interactively: halluscope app --models {out}")
@@ -101,30 +107,34 @@ def ensure_world(world: ImageWorld | VideoWorld, folder: Path, n: int, violation
     return folder
 
 
-def train_modality(out: Path, m: Modality, size: DemoSize) -> dict[str, Path]:
-    """World → tokenizer → token cache → GPT for one modality; returns the folders it made."""
-    root = out / m.name
-    train = ensure_world(m.world, root / "world-train", size.train)
-    heldout = ensure_world(dataclasses.replace(m.world, seed=1), root / "world-heldout", size.heldout,
+def train_modality(out: Path, m: Modality, size: DemoSize, seed: int = 0) -> dict[str, Path]:
+    """World → tokenizer → token cache → GPT for one modality and training seed; returns the
+    folders it made. Every seed trains on the same worlds; seeds after 0 live in seed{k}/."""
+    train = ensure_world(m.world, out / m.name / "world-train", size.train)
+    heldout = ensure_world(dataclasses.replace(m.world, seed=1), out / m.name / "world-heldout", size.heldout,
                            violations=isinstance(m.world, VideoWorld))  # twins for the recognition probe
+    root = out / m.name / (f"seed{seed}" if seed else "")
     steps = size.tokenizer_steps
     run("train-tokenizer", *m.tokenizer_flags, "--data", train, "--out", root / "tokenizer", "--preset", "tiny",
-        "--steps", steps, "--batch", m.tokenizer_batch, "--sample-every", max(1, steps // 2), "--resume")
+        "--steps", steps, "--batch", m.tokenizer_batch, "--sample-every", max(1, steps // 2), "--seed", seed,
+        "--resume")
     run("tokenize", "--tokenizer", root / "tokenizer" / "model", "--data", train, "--out", root / "tokens", "--resume")
     s = size.gpt_steps
     # One position table per grid axis: a clip's latent frames share their row and column embeddings.
     run("train-gpt", "--tokens", root / "tokens", "--out", root / "gpt", "--preset", "tiny", "--factorized-pos",
         "--steps", s, "--batch", 32, "--lr", 3e-3, "--warmup", min(100, s // 4), "--min-lr", 3e-4,
-        "--eval-every", max(1, s // 4), "--ckpt-every", max(1, s // 4), "--resume", "--no-progress")
+        "--eval-every", max(1, s // 4), "--ckpt-every", max(1, s // 4), "--seed", seed, "--resume", "--no-progress")
     return {"heldout": heldout, "tokenizer": root / "tokenizer", "gpt": root / "gpt"}
 
 
-def probe_modality(out: Path, m: Modality, folders: dict[str, Path], size: DemoSize) -> Path:
-    """The continuation probe of the GPT, the oracle and the baselines on the held-out examples."""
+def probe_modality(out: Path, m: Modality, folders: dict[str, Path], size: DemoSize, seed: int = 0) -> Path:
+    """The continuation probe of the GPT, the oracle and the baselines on the held-out
+    examples; a later seed's only at the verdict's context, for the verdict."""
+    folder = out / "probes" / (f"{m.name}-seed{seed}" if seed else m.name)
     run("probe", "--gpt", folders["gpt"] / "model", "--oracle", "--baselines", "copy-last,marginal,shuffled",
-        "--data", folders["heldout"], "--context", ",".join(map(str, CONTEXTS)), "--samples", size.samples,
-        "--grids", 2, "--out", out / "probes" / m.name, "--resume")
-    return out / "probes" / m.name
+        "--data", folders["heldout"], "--context", ",".join(map(str, CONTEXTS if seed == 0 else (VERDICT_AT,))),
+        "--samples", size.samples, "--grids", 0 if seed else 2, "--out", folder, "--resume")
+    return folder
 
 
 def last_logged(run_dir: Path, key: str) -> float:
@@ -133,20 +143,26 @@ def last_logged(run_dir: Path, key: str) -> float:
     return next((v for v in reversed(values) if v is not None), math.nan)
 
 
-def run_demo(out: Path, size: DemoSize) -> dict:
+def run_demo(out: Path, size: DemoSize, seeds: int = 1) -> dict:
+    """Train and probe both modalities for each training seed; the table is seed 0's, the
+    verdict (probe-report's) is over every seed."""
     trained = {m.name: train_modality(out, m, size) for m in (IMAGE, CLIP)}
     runs = [probe_modality(out, m, trained[m.name], size) for m in (IMAGE, CLIP)]
+    for seed in range(1, seeds):
+        runs += [probe_modality(out, m, train_modality(out, m, size, seed), size, seed) for m in (IMAGE, CLIP)]
     recognition = out / "recognition"
     if not (recognition / "recognition.json").is_file():
         run("probe-recognition", "--gpt", trained["clip"]["gpt"] / "model", "--data", trained["clip"]["heldout"],
             "--out", recognition)
-    run("probe-report", *runs, "--out", out / "report")
-    rows = finding_rows(runs, read_json(recognition / "recognition.json"))
+    run("probe-report", *runs, "--context", VERDICT_AT, "--out", out / "report")
+    rows = finding_rows(runs[:2], read_json(recognition / "recognition.json"))
+    result = read_json(out / "report" / "verdict.json", "verdict")
     training = {name: {"tokenizer PSNR (dB)": last_logged(f["tokenizer"], "psnr"),
                        "codebook usage": last_logged(f["tokenizer"], "usage"),
                        "GPT val loss (nats/token)": last_logged(f["gpt"], "val_loss")}
                 for name, f in trained.items()}
-    return {"table": format_table(rows, training), "verdict": verdict(rows), "rows": rows,
+    return {"table": format_table(rows, training), "verdict": f"{result['line']}\n{result['clip_against_oracle']}",
+            "outcome": result["outcome"], "rows": rows,
             "training": training, "report": out / "report" / "report.html"}
 
 
@@ -170,16 +186,18 @@ def sampler_label(group: dict) -> str:
 
 
 def finding_rows(runs: list[Path], recognition: dict) -> list[dict]:
-    """One row per (modality, sampler, context) of the probes' summaries; the clip GPT's rows
-    also carry its recognition AUC (the image world has no violations to recognize)."""
-    auc = next(iter(recognition.values()))["auc_ci"]
+    """One row per (modality, sampler, context) of the probes' summaries; the clip GPT's row at
+    the context the recognition probe used also carries its AUC (the image world has no
+    violations to recognize)."""
+    measured = next(iter(recognition.values()))
+    auc, at = measured["auc_ci"], measured["context"]
     rows = []
     for run_dir, modality in zip(runs, ("image", "clip")):
         for g in read_json(run_dir / "summary.json")["groups"]:
             sampler = sampler_label(g)
             rows.append({"modality": modality, "sampler": sampler, "context": g["context"],
                          **{name: g["metrics"].get(name) for name, _ in TABLE_METRICS},
-                         "recognition_auc": auc if (modality, sampler) == ("clip", "GPT") else None})
+                         "recognition_auc": auc if (modality, sampler, g["context"]) == ("clip", "GPT", at) else None})
     return sorted(rows, key=lambda r: (SAMPLER_ORDER.index(r["sampler"]), r["context"], r["modality"]))
 
 
@@ -202,18 +220,3 @@ def format_table(rows: list[dict], training: dict) -> str:
     for name, values in training.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v:.3g}" for k, v in values.items()))
     return "\n".join(lines)
-
-
-def verdict(rows: list[dict]) -> str:
-    """Whether the GPTs' numbers at context 0.5 show the finding: clip continuations match the
-    ground truth more often than image continuations (95% intervals apart) and are less diverse."""
-    at = {r["modality"]: r for r in rows if r["sampler"] == "GPT" and r["context"] == 0.5}
-    image, clip = at.get("image"), at.get("clip")
-    if not image or not clip or not image["match_mean"]["n"] or not clip["match_mean"]["n"]:
-        return "finding: not measured (no GPT rows at context 0.5)"
-    apart = clip["match_mean"]["lo"] > image["match_mean"]["hi"]
-    calmer = clip["diversity"]["mean"] < image["diversity"]["mean"]
-    return (f"finding at context 0.5: clip match rate {fmt(clip['match_mean'])} vs image {fmt(image['match_mean'])} "
-            f"({'intervals apart' if apart else 'intervals overlap'}); clip diversity {clip['diversity']['mean']:.3f} "
-            f"vs image {image['diversity']['mean']:.3f} — "
-            f"{'reproduced' if apart and calmer else 'NOT reproduced'}")

@@ -17,16 +17,17 @@ import torch
 from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_sampling
-from halluscope.io import atomic_path, read_json, write_json
+from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.baselines import make_baselines, parse_baselines, training_marginal
 from halluscope.probes.context import ENCODINGS, context_split, decode_context
-from halluscope.probes.probe import ProbeConfig, run_probe
+from halluscope.probes.probe import RECORDS, ProbeConfig, run_probe
 from halluscope.probes.recognition import load_pairs, recognition
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.report import plot_roc, slug, write_redundancy, write_report
 from halluscope.probes.sample import check_pair, continue_example, load_pair, write_continuations, write_panels
 from halluscope.probes.samplers import GPTSampler, OracleSampler, load_examples
 from halluscope.probes.target import check_target
+from halluscope.probes.verdict import verdict_of_runs
 from halluscope.tokenizers import load_tokenizer
 
 ENCODING_HELP = ("how the context's tokens are encoded: visible (default) encodes only the pixels the model is "
@@ -138,7 +139,24 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser("probe-report", help="one report.html over several probe runs (e.g. images vs clips)")
     r.add_argument("runs", nargs="+", help="probe run folders")
     r.add_argument("--out", required=True, help="folder for report.html and plots/")
-    r.set_defaults(func=lambda args: print(write_report(args.runs, args.out)) or 0)
+    r.add_argument("--context", type=float, default=0.5,
+                   help="the context fraction the verdict tests, with image runs against clip runs (default 0.5)")
+    r.add_argument("--image-sampler", help="the image runs' sampler the verdict tests (default: their plain GPT)")
+    r.add_argument("--clip-sampler", help="the clip runs' sampler the verdict tests (default: their plain GPT)")
+    r.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """One report over the runs and, given image and clip runs, the pre-registered verdict
+    (probes/verdict.py), printed and written to verdict.json."""
+    runs = [Path(r) for r in args.runs]
+    result = verdict_of_runs([read_jsonl(run / RECORDS) for run in runs], args.context, args.image_sampler,
+                             args.clip_sampler)
+    if result is not None:
+        write_json(Path(args.out) / "verdict.json", result)
+        print(f"{result['line']}\n{result['clip_against_oracle']}")
+    print(write_report(runs, args.out, verdict=result))
+    return 0
 
 
 # What a resumed run must share with the run it continues, or its records would not be comparable.

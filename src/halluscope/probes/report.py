@@ -114,13 +114,16 @@ def values(stats: list[dict], key: str | None, field: str) -> list[float]:
 
 def plot_curve(rows: list[dict], metric: str, label: str, path: Path) -> Path | None:
     """The metric against the context fraction, mean with its 95% band, one line per
-    (domain, sampler); None when no run measured it."""
+    (domain, sampler) measured at two or more contexts; None when there is no such line."""
     kinds = len({r["kind"] for r in rows})
+    by_run = len({r["run"] for r in rows}) > kinds  # several runs of a kind (seeds): one line per run
     lines: dict[str, list[tuple[float, dict]]] = {}
     for row in rows:
         stats = row["metrics"].get(metric)
         if stats and stats["mean"] is not None:
-            lines.setdefault(line_label(row, kinds), []).append((row["context"], stats))
+            label = f"{row['run']}: {row['sampler']}" if by_run else line_label(row, kinds)
+            lines.setdefault(label, []).append((row["context"], stats))
+    lines = {name: points for name, points in lines.items() if len(points) > 1}  # a lone dot is no curve
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -285,9 +288,12 @@ def leak_table(rows: list[dict]) -> str:
             f"new to it).</p><table><tr>{head}</tr>{''.join(body)}</table>")
 
 
-def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None) -> Path:
+def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None,
+                 verdict: dict | None = None) -> Path:
     """Plots (out/plots/*.png) and out/report.html for one or more run folders (e.g. an image
-    run and a clip run, to compare the domains on one set of curves)."""
+    run and a clip run, to compare the domains on one set of curves). It leads with the
+    verdict (probes/verdict.py) when there is one, the object table and the sample grids; the
+    run's settings `info` sit in a collapsed block."""
     runs, out = [Path(r) for r in runs], Path(out)
     rows = load_runs(runs)
     records = [r for run in runs for r in read_jsonl(run / RECORDS)]
@@ -302,8 +308,10 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>halluscope probe report</title>"
               f"<style>{STYLE}</style></head><body><h1>halluscope probe report</h1>"),
              f"<p>runs: {html.escape(', '.join(str(r) for r in runs))}</p>"]
-    if info:
-        parts.append(f"<pre>{html.escape(json.dumps(info, indent=1, sort_keys=True))}</pre>")
+    if verdict:
+        parts.append(f"<h2>Verdict: {html.escape(verdict['outcome'])}</h2><p>{html.escape(verdict['line'])}</p>"
+                     f"<p>{html.escape(verdict['clip_against_oracle'])}</p><p>The test was stated before the runs: "
+                     "docs/probes.md, “The verdict”.</p>")
     plain, tempered = [r for r in rows if r.get("plain", True)], [r for r in rows if not r.get("plain", True)]
     parts += [section("Objects: hallucination counted in objects",
                       "Each decoded continuation is segmented by the world's palette and its objects matched to those "
@@ -313,6 +321,11 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                       "uncertainty alone explains, and relative_energy_objects = a sampler's object energy score / "
                       "the oracle's (1: as good). tokenizer_objects_*: the decoded truth against the raw truth, the "
                       "tokenizer's own floor.", summary_table(rows, OBJECT_COLUMNS)),
+              ("<h2>Samples</h2><p>Each row: what the model saw (its context tokens decoded), the ground truth, its "
+               "reconstruction, then the samples.</p><div class='grids'>" if grids else ""),
+              *(f"<h3>{html.escape(p.parent.parent.name)}: {html.escape(p.stem)}</h3>{embed(p, p.stem)}"
+                for p in grids),
+              "</div>" if grids else "",
               section("Known answers: what the world itself says",
                       "The oracle draws from the world's exact posterior given the shown pixels. sampler_acceptance: "
                       "its rejection sampler's acceptance rate; sampler_state_differs (clips): the share of its draws "
@@ -348,11 +361,11 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                                                                    GAIN_COLUMNS))]
     parts += ["<h2>All summaries (mean [95% bootstrap interval] over examples)</h2>",
               summary_table(rows, SUMMARY_COLUMNS),
-              "<h2>Curves</h2><div class='plots'>", *(embed(p, p.stem) for p in plots), "</div>",
-              ("<h2>Samples</h2><p>Each row: what the model saw (its context tokens decoded), the ground truth, its reconstruction, then the "
-               "samples.</p><div class='grids'>")]
-    parts += [f"<h3>{html.escape(p.parent.parent.name)}: {html.escape(p.stem)}</h3>{embed(p, p.stem)}" for p in grids]
-    parts.append("</div></body></html>\n")
+              "<h2>Curves</h2><div class='plots'>", *(embed(p, p.stem) for p in plots), "</div>"]
+    if info:
+        settings = html.escape(json.dumps(info, indent=1, sort_keys=True))
+        parts.append(f"<details><summary>Run settings</summary><pre>{settings}</pre></details>")
+    parts.append("</body></html>\n")
     path = out / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text("".join(parts))
