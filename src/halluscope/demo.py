@@ -25,7 +25,7 @@ from pathlib import Path
 from halluscope.cli import main as halluscope
 from halluscope.data import ImageWorld, VideoWorld, write_world
 from halluscope.errors import UserError
-from halluscope.io import read_json, read_jsonl
+from halluscope.io import read_json, read_jsonl, write_json
 
 
 @dataclass
@@ -39,7 +39,7 @@ class DemoSize:
 
 
 FULL = DemoSize(train=1000, heldout=32, tokenizer_steps=400, gpt_steps=1200, samples=8)
-QUICK = DemoSize(train=32, heldout=4, tokenizer_steps=4, gpt_steps=12, samples=2)
+QUICK = DemoSize(train=32, heldout=3, tokenizer_steps=4, gpt_steps=12, samples=2)
 CONTEXTS = (0.25, 0.5, 0.75)
 VERDICT_AT = 0.5  # the context the pre-registered verdict tests (docs/probes.md, "The verdict")
 
@@ -127,13 +127,17 @@ def train_modality(out: Path, m: Modality, size: DemoSize, seed: int = 0) -> dic
     return {"heldout": heldout, "tokenizer": root / "tokenizer", "gpt": root / "gpt"}
 
 
+def probe_folder(out: Path, m: Modality, seed: int) -> Path:
+    return out / "probes" / (f"{m.name}-seed{seed}" if seed else m.name)
+
+
 def probe_modality(out: Path, m: Modality, folders: dict[str, Path], size: DemoSize, seed: int = 0) -> Path:
     """The continuation probe of the GPT, the oracle and the baselines on the held-out
     examples; a later seed's only at the verdict's context, for the verdict."""
-    folder = out / "probes" / (f"{m.name}-seed{seed}" if seed else m.name)
+    folder = probe_folder(out, m, seed)
     run("probe", "--gpt", folders["gpt"] / "model", "--oracle", "--baselines", "copy-last,marginal,shuffled",
         "--data", folders["heldout"], "--context", ",".join(map(str, CONTEXTS if seed == 0 else (VERDICT_AT,))),
-        "--samples", size.samples, "--grids", 0 if seed else 2, "--out", folder, "--resume")
+        "--samples", size.samples, "--grids", 0 if seed else 2, "--out", folder, "--resume", "--no-report")
     return folder
 
 
@@ -147,16 +151,25 @@ def run_demo(out: Path, size: DemoSize, seeds: int = 1) -> dict:
     """Train and probe both modalities for each training seed; the table is seed 0's, the
     verdict (probe-report's) is over every seed."""
     trained = {m.name: train_modality(out, m, size) for m in (IMAGE, CLIP)}
-    runs = [probe_modality(out, m, trained[m.name], size) for m in (IMAGE, CLIP)]
+    done, plan = out / "report" / "demo.json", {"size": dataclasses.asdict(size), "seeds": seeds}
+    finished = done.is_file() and read_json(done, "demo record") == plan  # a second run reuses every result
+
+    def probed(m: Modality, folders: dict[str, Path], seed: int = 0) -> Path:
+        return probe_folder(out, m, seed) if finished else probe_modality(out, m, folders, size, seed)
+
+    runs = [probed(m, trained[m.name]) for m in (IMAGE, CLIP)]
     for seed in range(1, seeds):
-        runs += [probe_modality(out, m, train_modality(out, m, size, seed), size, seed) for m in (IMAGE, CLIP)]
+        runs += [probed(m, train_modality(out, m, size, seed), seed) for m in (IMAGE, CLIP)]
     recognition = out / "recognition"
     if not (recognition / "recognition.json").is_file():
         run("probe-recognition", "--gpt", trained["clip"]["gpt"] / "model", "--data", trained["clip"]["heldout"],
             "--out", recognition)
-    run("probe-report", *runs, "--context", VERDICT_AT, "--out", out / "report")
+    verdict = out / "report" / "verdict.json"
+    if not finished:
+        run("probe-report", *runs, "--context", VERDICT_AT, "--out", out / "report")  # one report over all runs
+        write_json(done, plan)
     rows = finding_rows(runs[:2], read_json(recognition / "recognition.json"))
-    result = read_json(out / "report" / "verdict.json", "verdict")
+    result = read_json(verdict, "verdict")
     training = {name: {"tokenizer PSNR (dB)": last_logged(f["tokenizer"], "psnr"),
                        "codebook usage": last_logged(f["tokenizer"], "usage"),
                        "GPT val loss (nats/token)": last_logged(f["gpt"], "val_loss")}

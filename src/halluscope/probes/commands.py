@@ -132,6 +132,8 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grids", type=int, default=2, help="examples whose sample grids are written (default 2)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
     p.add_argument("--resume", action="store_true", help="keep the records already in --out and add the missing ones")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip this run's report.html and plots (e.g. when probe-report makes one over several runs)")
     add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=probe_command)
@@ -258,7 +260,7 @@ def probe_command(args: argparse.Namespace) -> int:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return 0
-    report = write_report([out], out, info)
+    report = write_report([out], out, info) if args.report else "no report.html (--no-report)"
     for context in args.context:
         leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context
                  and r["metrics"]["context_leak"] is not None]  # null: one example, nothing to swap in
