@@ -113,6 +113,11 @@ def test_a_collapsed_clip_sampler_is_not_reproduced(worlds):
     """copy-last in the clip slot: no shuffled twin and itself among the baselines."""
     v = verdict([worlds["image"]], [worlds["clip"]], "oracle", "copy-last")
     assert v["outcome"] != "reproduced", v["line"]
+    # How far it is from the truth, beside the oracle: means over the examples (of every seed).
+    v = verdict([worlds["image"]], [worlds["clip"], worlds["clip"]], "oracle", "copy-last")
+    match = [r["metrics"]["match_mean"] for r in worlds["clip"] if r["sampler"] == "copy-last"]
+    oracle = [r["metrics"]["match_mean"] for r in worlds["clip"] if r["sampler"] == "oracle"]
+    assert f"match rate {np.mean(match):.3f} (oracle {np.mean(oracle):.3f})" in v["clip_against_oracle"]
 
 
 

@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (reused by a second run)")
     p.add_argument("--quick", action="store_true", help="a much smaller version (tests, a first look)")
     p.add_argument("--retrain", action="store_true", help="delete --out and start over")
+    p.add_argument("--heldout", type=int,
+                   help="held-out examples per modality, the probes' sample size (default 32; --quick 3)")
     p.add_argument("--seeds", type=int, default=1,
                    help="tokenizer+GPT pairs trained per modality (training seeds 0..K-1); the verdict's interval "
                         "resamples them; seeds after the first are probed at context 0.5 only (default 1)")
@@ -83,8 +85,13 @@ def demo_command(args: argparse.Namespace) -> int:
         shutil.rmtree(out, ignore_errors=True)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    size = QUICK if args.quick else FULL
+    if args.heldout is not None:
+        if args.heldout < 2:
+            raise UserError(f"--heldout must be at least 2 (the shuffled baseline swaps contexts), got {args.heldout}")
+        size = dataclasses.replace(size, heldout=args.heldout)
     t0 = time.perf_counter()
-    result = run_demo(out, QUICK if args.quick else FULL, args.seeds)
+    result = run_demo(out, size, args.seeds)
     print(f"\n{result['table']}\n\n{result['verdict']}\n")
     print(f"report: {result['report']}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s. Try the models interactively: halluscope app --models {out}")
@@ -100,8 +107,11 @@ def run(*argv: str | Path) -> None:
 
 
 def ensure_world(world: ImageWorld | VideoWorld, folder: Path, n: int, violations: bool = False) -> Path:
-    """The world in `folder`, written unless a complete one (with world.json) is there."""
-    if not (folder / "world.json").is_file():
+    """The world in `folder`, written unless a complete one (with world.json) of n examples is
+    there (examples are a pure function of the world's seed and index: a probe resumed on a
+    larger world keeps its records)."""
+    spec = folder / "world.json"
+    if not spec.is_file() or read_json(spec, "world description").get("n") != n:
         shutil.rmtree(folder, ignore_errors=True)
         write_world(world, folder, n, violations=violations)
     return folder

@@ -65,6 +65,18 @@ MAX_PROPOSALS = 4_000_000  # per call; beyond it the sampler says so instead of 
 BATCH = 4096
 
 
+def next_batch(n: int, accepted: int, proposals: int, max_proposals: int, sampler: str, most: int, least: int,
+               slack: float) -> int:
+    """How many proposals a rejection sampler draws next: `slack` times what the acceptance
+    rate so far says finishes the n acceptances, within [least, most]; past its cap it stops
+    with a clear message, never an approximation."""
+    if proposals >= max_proposals:
+        raise UserError(f"the {sampler} accepted {accepted} of {proposals} proposals (it needs {n}): this context is "
+                        f"too unlikely under the world to sample exactly within {max_proposals} proposals")
+    rate = (accepted + 1) / (proposals + 1)
+    return int(min(most, max_proposals - proposals, max(least, slack * (n - accepted) / rate)))
+
+
 def components(painted: np.ndarray) -> np.ndarray:
     """int (H, W): a label per 4-connected component of the True pixels, -1 elsewhere."""
     labels = np.full(painted.shape, -1)
@@ -501,12 +513,8 @@ class ImagePosterior:
         """n posterior draws (each its layers in drawing order) and the sampler's statistics."""
         accepted, proposals = [], 0
         while len(accepted) < n:
-            if proposals >= max_proposals:
-                raise UserError(f"the image oracle accepted {len(accepted)} of {proposals} proposals at row "
-                                f"{self.row} (it needs {n}): this context is too unlikely under the world to sample "
-                                f"exactly within {max_proposals} proposals")
-            rate = (len(accepted) + 1) / (proposals + 1)  # size the batch to finish in about one more
-            count = int(min(BATCH, max_proposals - proposals, max(16, 2 * (n - len(accepted)) / rate)))
+            count = next_batch(n, len(accepted), proposals, max_proposals, f"image oracle at row {self.row}",
+                               most=BATCH, least=16, slack=2)
             draws = self.propose(count, rng)
             proposals += count
             layers = self.layers(draws)

@@ -30,7 +30,7 @@ import itertools
 import numpy as np
 
 from halluscope.data.lattice import COLOURS, colour_map, geometries, prefix_sums
-from halluscope.data.posterior import components
+from halluscope.data.posterior import components, next_batch
 from halluscope.data.shapes import KINDS, STEP, Shape, State, masks, render
 from halluscope.errors import UserError
 
@@ -275,12 +275,8 @@ class ClipPosterior:
         """n posterior draws of the context frames' states, and the sampler's statistics."""
         accepted, proposals = [], 0
         while len(accepted) < n:
-            if proposals >= max_proposals:
-                raise UserError(f"the clip oracle accepted {len(accepted)} of {proposals} proposals at frame "
-                                f"{self.frame} (it needs {n}): this context is too unlikely to sample exactly "
-                                f"within {max_proposals} proposals")
-            rate = (len(accepted) + 1) / (proposals + 1)  # size the batch to finish in about one more
-            count = int(min(1024, max_proposals - proposals, max(8, 1.5 * (n - len(accepted)) / rate)))
+            count = next_batch(n, len(accepted), proposals, max_proposals, f"clip oracle at frame {self.frame}",
+                               most=1024, least=8, slack=1.5)
             alone = [g[0] for g in self.groups if len(g) == 1]
             drawn = {k: self.draw(k, self.tracks[k], count, rng) for k in alone}
             proposals += count

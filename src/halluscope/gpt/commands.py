@@ -24,11 +24,15 @@ def parse_grid(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("import-gpt",
-                              help="convert a minGPT-layout checkpoint (minGPT, taming, TATS) into a GPT folder")
+    p = subparsers.add_parser("import-gpt", help="convert a minGPT-layout GPT checkpoint (minGPT; taming's "
+                                                 "Net2NetTransformer and TATS with --format net2net) into a GPT folder")
     p.add_argument("--ckpt", required=True,
                    help=".pt/.ckpt file: a state dict, bare or under state_dict / model_state_dict")
-    p.add_argument("--format", default="mingpt", choices=["mingpt"], help="layout of the checkpoint's keys")
+    p.add_argument("--format", default="mingpt", choices=["mingpt", "net2net"],
+                   help="mingpt: minGPT's own layout, grid token 0 at position 0; net2net: a taming Net2NetTransformer "
+                        "or TATS GPT (under transformer.), position 0 its start token or class id")
+    p.add_argument("--classes", type=int, default=0,
+                   help="net2net: class ids ahead of the codes in its vocabulary (0: unconditional, a start token)")
     p.add_argument("--n-layer", type=int, required=True, help="transformer blocks (checked against the checkpoint)")
     p.add_argument("--n-head", type=int, required=True, help="attention heads (the checkpoint does not record them)")
     p.add_argument("--block-size", type=int, help="positions to keep (default: all the checkpoint has)")
@@ -68,7 +72,8 @@ def import_gpt_command(args: argparse.Namespace) -> int:
         raise UserError("--n-layer and --n-head must be positive")
     if args.tokenizer and not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"--tokenizer {args.tokenizer} is not a tokenizer folder (no config.json)")
-    model = import_mingpt(args.ckpt, args.n_layer, args.n_head, args.block_size, args.tokenizer, args.grid)
+    classes = args.classes if args.format == "net2net" else None
+    model = import_mingpt(args.ckpt, args.n_layer, args.n_head, args.block_size, args.tokenizer, args.grid, classes)
     save_gpt(model, args.out)
     c = model.config
     print(f"imported a GPT with {model.num_params() / 1e6:.1f}M parameters ({c.n_layer} layers x {c.n_head} heads x "

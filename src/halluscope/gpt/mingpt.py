@@ -1,10 +1,19 @@
-"""Import GPTs saved in minGPT's layout: minGPT itself, the transformer inside
-taming-transformers' Net2NetTransformer and TATS (keys under `transformer.`), and the
-VQGAN-GPT models trained on those codebases.
+"""Import GPTs saved in minGPT's layout: minGPT itself (`mingpt`), and the transformer inside
+taming-transformers' Net2NetTransformer and TATS (`net2net`: keys under `transformer.` beside
+the first-stage model's), with the VQGAN-GPT models trained on those codebases.
 
 minGPT keeps separate key / query / value projections and a (1, T, C) position table; ours
 fuse q, k, v into one matmul. Sizes the state dict determines (vocabulary, width, block size)
 are read from it; the flags that it cannot (layers, heads) are checked against it.
+
+A Net2Net / TATS GPT reads [c, z + classes]: position 0 holds its condition — the start token
+(token id 0, sharing code 0's embedding) when unconditional, else the class id — and grid
+token i sits at position i + 1. It maps onto our condition slot (n_cond = 1): cond_emb = the
+first max(classes, 1) rows of tok_emb, cond_pos = position 0, the grid's positions 1..T-1,
+and the codes' rows of tok_emb and head. Logits over codes are exact; a class-conditional
+model's softmax then leaves out the class ids it never samples as codes, so its
+log-probabilities are renormalised over the codes. Reading such a file as plain minGPT would
+shift every grid token one position: it is refused.
 """
 
 from __future__ import annotations
@@ -26,15 +35,20 @@ BLOCK_RENAMES = {"ln1": "ln1", "ln2": "ln2", "attn.proj": "attn.proj", "mlp.0": 
 EMBEDDING = "tok_emb.weight"
 
 
-def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+NET2NET_SIBLINGS = ("first_stage_model.", "cond_stage_model.")  # what sits beside a Net2Net / TATS GPT
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
     """The GPT's own keys: whatever precedes `tok_emb.weight` (``, `transformer.`, `module.`)
-    is removed, and keys of other sub-models in the same checkpoint are left out."""
+    is removed, and keys of other sub-models in the same checkpoint are left out; and whether
+    the GPT sits in a Net2Net / TATS wrapper (under `transformer.` beside a first-stage model)."""
     prefixes = sorted({k[: -len(EMBEDDING)] for k in sd if k.endswith(EMBEDDING)})
     if not prefixes:
         raise UserError(f"no minGPT token embedding (`{EMBEDDING}`) in the checkpoint; is it a minGPT-layout GPT?")
     if len(prefixes) > 1:
         raise UserError(f"the checkpoint holds several minGPT models (under {', '.join(repr(p) for p in prefixes)})")
-    return {k[len(prefixes[0]):]: v for k, v in sd.items() if k.startswith(prefixes[0])}
+    wrapped = prefixes[0].endswith("transformer.") and any(k.startswith(NET2NET_SIBLINGS) for k in sd)
+    return {k[len(prefixes[0]):]: v for k, v in sd.items() if k.startswith(prefixes[0])}, wrapped
 
 
 def _check_causal(mask: torch.Tensor, key: str) -> None:
@@ -44,11 +58,19 @@ def _check_causal(mask: torch.Tensor, key: str) -> None:
                         "see each other (taming's n_unmasked > 0) are not supported")
 
 
-def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
-                   block_size: int | None = None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """(config, state dict in our layout) for a minGPT-layout state dict. block_size may be
-    smaller than the checkpoint's position table (only the first positions are kept)."""
-    sd = dict(_strip_prefix(sd))
+def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int, block_size: int | None = None,
+                   classes: int | None = None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """(config, state dict in our layout) for a minGPT-layout state dict: plain minGPT when
+    `classes` is None, else a Net2Net / TATS GPT with that many class ids ahead of its codes
+    (0: unconditional, position 0 the start token). block_size may be smaller than the grid
+    positions the checkpoint has (only the first are kept)."""
+    sd, wrapped = _strip_prefix(sd)
+    if wrapped and classes is None:
+        raise UserError("this is a taming Net2NetTransformer / TATS GPT (under `transformer.` beside "
+                        "`first_stage_model.`): its position 0 is a start or class token, which --format mingpt "
+                        "would drop, shifting every grid token; import it with --format net2net (and --classes N "
+                        "for a class-conditional model)")
+    start = 0 if classes is None else 1  # positions ahead of the grid
 
     def take(key: str) -> torch.Tensor:
         if key not in sd:
@@ -71,15 +93,21 @@ def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
         raise UserError(f"pos_emb has shape {tuple(pos.shape)}; expected (1, positions, {n_embd})")
     pos = pos.reshape(pos.shape[-2:])  # (1, T, C) -> (T, C)
     if block_size is None:
-        block_size = pos.shape[0]
-    elif block_size > pos.shape[0]:
-        raise UserError(f"--block-size {block_size} exceeds the checkpoint's {pos.shape[0]} positions")
+        block_size = pos.shape[0] - start
+    elif block_size > pos.shape[0] - start:
+        raise UserError(f"--block-size {block_size} exceeds the checkpoint's {pos.shape[0] - start} grid positions")
+    if classes is not None and not 0 <= classes < vocab:
+        raise UserError(f"--classes {classes} must be in [0, {vocab}) for a vocabulary of {vocab}")
 
-    out = {"tok_emb.weight": take(EMBEDDING), "pos_emb": pos[:block_size]}
-    head = take("head.weight")
+    tok_emb, head = take(EMBEDDING), take("head.weight")
     if head.shape != (vocab, n_embd):
         raise UserError(f"head.weight is {tuple(head.shape)}, expected ({vocab}, {n_embd}) from tok_emb")
-    out["head.weight"] = head
+    out = {"tok_emb.weight": tok_emb, "pos_emb": pos[start:start + block_size], "head.weight": head}
+    cond = {}
+    if classes is not None:  # the condition (start token or class id) at position 0; the codes after the classes
+        out.update({"tok_emb.weight": tok_emb[classes:].clone(), "head.weight": head[classes:].clone(),
+                    "cond_emb.weight": tok_emb[:max(classes, 1)].clone(), "cond_pos": pos[:1].clone()})
+        cond = {"n_cond": 1, "cond_vocab_size": max(classes, 1)}
     for part in ("weight", "bias"):
         out[f"ln_f.{part}"] = take(f"ln_f.{part}")
     for i in blocks:
@@ -94,16 +122,19 @@ def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int,
         extra = sorted(sd)
         raise UserError(f"minGPT checkpoint has {len(extra)} keys this importer does not know, e.g. "
                         f"{', '.join(extra[:3])}")
-    config = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    config = GPTConfig(vocab_size=out["tok_emb.weight"].shape[0], block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, **cond)
     return config, out
 
 
 def import_mingpt(ckpt: str | os.PathLike, n_layer: int, n_head: int, block_size: int | None = None,
-                  tokenizer: str | None = None, grid: tuple[int, ...] | None = None) -> GPT:
+                  tokenizer: str | None = None, grid: tuple[int, ...] | None = None,
+                  classes: int | None = None) -> GPT:
     """A GPT from a minGPT-layout checkpoint file (bare state dict, or under `state_dict` /
-    `model_state_dict` / `model`), read without running any pickled code."""
+    `model_state_dict` / `model`), read without running any pickled code; `classes` as in
+    convert_mingpt (None: plain minGPT)."""
     sd = find_state_dict(load_untrusted_checkpoint(ckpt), ckpt)
-    config, state_dict = convert_mingpt(sd, n_layer, n_head, block_size)
+    config, state_dict = convert_mingpt(sd, n_layer, n_head, block_size, classes)
     config.tokenizer, config.grid = tokenizer, tuple(grid) if grid else None
     if grid and math.prod(grid) - 1 > config.block_size:
         raise UserError(f"token grid {'x'.join(map(str, grid))} needs {math.prod(grid) - 1} positions; "

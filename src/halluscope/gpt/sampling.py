@@ -34,20 +34,25 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise UserError(f"top_p must be in (0, 1] (got {top_p})")
 
 
-def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> None:
-    """The condition tokens a conditional model needs ((rows, n_cond), in its condition
-    vocabulary), and none for an unconditional one."""
+def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """The condition tokens to run with: a conditional model needs (rows, n_cond) of them, in
+    its condition vocabulary, except one whose condition is a start token alone (one slot,
+    one value: imported taming / TATS GPTs), which gets it by default; an unconditional one
+    takes none."""
     c = model.config
     if not c.n_cond:
         if cond is not None:
             raise UserError("this GPT is unconditional; it takes no condition tokens")
-        return
+        return None
+    if cond is None and c.n_cond == 1 and c.cond_vocab_size == 1:
+        return torch.zeros(rows, 1, dtype=torch.long)
     if cond is None or tuple(cond.shape) != (rows, c.n_cond):
         got = "none" if cond is None else tuple(cond.shape)
         raise UserError(f"this GPT reads {c.n_cond} condition token(s) per sequence: "
                         f"expected shape {(rows, c.n_cond)}, got {got}")
     if cond.min() < 0 or cond.max() >= c.cond_vocab_size:
         raise UserError(f"condition tokens must be in [0, {c.cond_vocab_size}), got {cond.flatten().tolist()}")
+    return cond
 
 
 def sampling_bytes(model: "GPT", rows: int, positions: int) -> int:
@@ -112,7 +117,7 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
     if length + steps - 1 > model.config.block_size:
         raise UserError(f"prefix of {length} + {steps} new tokens needs {length + steps - 1} positions; "
                         f"the model has {model.config.block_size}")
-    check_cond(model, cond, b)
+    cond = check_cond(model, cond, b)
     device = model.tok_emb.weight.device
     check_fits(sampling_bytes(model, b * n, length + steps), device, f"{b * n} samples of {length + steps} tokens",
                "draw fewer samples")

@@ -28,7 +28,7 @@ def score(model: "GPT", tokens: torch.Tensor, start: int, cond: torch.Tensor | N
     if not first <= start < tokens.shape[1]:
         raise UserError(f"score start must be in [{first}, {tokens.shape[1]}) for {tokens.shape[1]} tokens, "
                         f"got {start}")
-    check_cond(model, cond, tokens.shape[0])
+    cond = check_cond(model, cond, tokens.shape[0])
     tokens = tokens.to(model.tok_emb.weight.device)
     cond = None if cond is None else cond.to(tokens.device)
     logits = model(tokens[:, :-1], cond)  # row i predicts tokens[:, i + 1 - first]

@@ -162,14 +162,13 @@ NEAR = (("match_mean", "match rate"), ("exact_rate", "exact rate"), ("objects_in
 def against_oracle(runs: list[list[dict]], sampler: str, context: float) -> str:
     """The "nearly reproduces the truth" half, in plain words: the sampler's figures beside the
     oracle's (means over the runs' examples), or why they cannot be set side by side."""
-    pooled = [r for run in runs for r in run]
-    if sampler == "oracle" or not per_example(pooled, "oracle", context, "match_mean"):
+    def values(name: str, metric: str) -> list[float]:  # every run's examples (seeds share example ids)
+        return [v for run in runs for v in per_example(run, name, context, metric).values()]
+
+    if sampler == "oracle" or not values("oracle", "match_mean"):
         return f"{sampler} at context {context:g}: no oracle to compare with"
-    parts = []
-    for metric, label in NEAR:
-        own, oracle = (per_example(pooled, name, context, metric) for name in (sampler, "oracle"))
-        if own and oracle:
-            parts.append(f"{label} {np.mean(list(own.values())):.3f} (oracle {np.mean(list(oracle.values())):.3f})")
+    parts = [f"{label} {np.mean(own):.3f} (oracle {np.mean(oracle):.3f})" for metric, label in NEAR
+             if (own := values(sampler, metric)) and (oracle := values("oracle", metric))]
     return f"{sampler} against the oracle at context {context:g}: " + ", ".join(parts)
 
 
