@@ -107,6 +107,8 @@ def test_probe_recognition_on_violation_twins(tmp_path, capsys):
     assert 0 <= summary["auc"] <= 1 and summary["pairs"] == 3
     records = lines(out / "recognition.jsonl")
     assert [r["gap"] for r in records] == pytest.approx([r["nll_violation"] - r["nll_real"] for r in records])
+    preferred = sum(r["gap"] > 0 for r in records)
+    assert summary["paired_accuracy_ci"]["mean"] == summary["paired_accuracy"] == preferred / 3
     assert (out / "roc.png").is_file()
     # The same pairs given as a file of paths.
     pairs = tmp_path / "pairs.jsonl"

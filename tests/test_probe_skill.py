@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 import torch
 from probe_helpers import PatchTokenizer, one_thread  # noqa: F401 (autouse fixture)
 
@@ -30,7 +31,7 @@ from halluscope.probes.probe import summarize
 from halluscope.probes.recognition import auc_ci, roc_auc
 from halluscope.probes.samplers import Example, OracleSampler
 from halluscope.probes.skill import calibration_verdict, chance_metrics
-from halluscope.probes.stats import paired_difference, ratio_ci, sign_test
+from halluscope.probes.stats import paired_difference, proportion_ci, ratio_ci, sign_test
 from halluscope.probes.target import check_target, scored_split
 
 
@@ -125,6 +126,12 @@ def test_paired_statistics():
     negative = ratio_ci([-1.0, -2.0, -1.5], [-2.0, -4.0, -3.0])  # a negative denominator of one sign is fine
     assert negative["mean"] == pytest.approx(0.5) and negative["lo"] == pytest.approx(0.5)
     assert sign_test(9, 10) == pytest.approx(22 / 1024) and sign_test(0, 0) is None
+    # 23 of 32 pairs: the exact (Clopper–Pearson) interval, from the beta quantiles, and the binomial test.
+    paired = proportion_ci(23, 32)
+    assert paired["mean"] == 23 / 32 and paired["p"] == pytest.approx(sign_test(23, 32))
+    assert paired["lo"] == pytest.approx(beta.ppf(0.025, 23, 10))
+    assert paired["hi"] == pytest.approx(beta.ppf(0.975, 24, 9))
+    assert 0.5 < paired["lo"] < 0.6 and proportion_ci(0, 0)["mean"] is None
 
 
 def canvas(shapes: list[tuple[str, int, int, int]], size: int = 16) -> torch.Tensor:

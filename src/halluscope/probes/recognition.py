@@ -33,7 +33,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.model import GPT
 from halluscope.probes.context import context_split, encode_context
 from halluscope.probes.samplers import check_world_fits, world_from_folder, world_lines
-from halluscope.probes.stats import bootstrap_ci, interval, resampled, sign_test
+from halluscope.probes.stats import bootstrap_ci, interval, proportion_ci, resampled, sign_test
 
 
 def roc_auc(negatives: list[float], positives: list[float]) -> float:
@@ -122,6 +122,7 @@ def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[tuple[str, tor
                "auc_p": float(stats.mannwhitneyu(bad, real).pvalue),
                "paired_accuracy": float(np.mean([r["gap"] > 0 for r in records])),
                "paired_p": sign_test(sum(r["gap"] > 0 for r in records), sum(r["gap"] != 0 for r in records)),
+               "paired_accuracy_ci": proportion_ci(sum(r["gap"] > 0 for r in records), len(records)),
                "gap": bootstrap_ci([r["gap"] for r in records]),
                "nll_real": bootstrap_ci(real), "nll_violation": bootstrap_ci(bad)}
     return records, summary

@@ -122,3 +122,13 @@ def sign_test(successes: int, trials: int) -> float | None:
     """Two-sided exact binomial test of a success rate of ½ (the sign test of paired
     comparisons); None without trials."""
     return float(stats.binomtest(successes, trials).pvalue) if trials else None
+
+
+def proportion_ci(successes: int, trials: int) -> dict:
+    """successes / trials with its exact (Clopper–Pearson) 95% interval and the two-sided exact
+    binomial test of ½ (`p`); undefined without trials."""
+    if not trials:
+        return {**empty(), "p": None}
+    test = stats.binomtest(successes, trials)
+    ci = test.proportion_ci(confidence_level=0.95, method="exact")
+    return {"mean": successes / trials, "lo": float(ci.low), "hi": float(ci.high), "n": trials, "p": float(test.pvalue)}
