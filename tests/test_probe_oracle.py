@@ -99,5 +99,7 @@ def test_report_compares_image_and_clip_runs(tmp_path):
     assert html.index("Objects: hallucination") < html.index("Known answers") < html.index("Against chance") \
         < html.index("Calibration")
     assert "sampler_acceptance" in html and "the halves are drawn independently" in html
+    known = html[html.index("Known answers"):html.index("Does the context leak")]
+    assert "<th>diversity</th>" in known and "<th>exact_rate</th>" in known
     assert "Against baselines" not in html and "whole continuation" in html
 

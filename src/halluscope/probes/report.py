@@ -58,8 +58,8 @@ CURVES = [
 OBJECT_COLUMNS = ["objects_truth", "objects_invented", "objects_dropped", "objects_recoloured",
                   "objects_position_error", "energy_objects", "relative_energy_objects", "tokenizer_objects_invented",
                   "tokenizer_objects_dropped", "tokenizer_objects_recoloured"]
-KNOWN_COLUMNS = ["diversity_tokens", "diversity_pixels", "match_mean", "sampler_acceptance", "sampler_state_differs",
-                 "sampler_conditional_entropy_bits", "sampler_mutual_information_bits"]
+KNOWN_COLUMNS = ["diversity", "pixel_diversity", "match_mean", "exact_rate", "sampler_acceptance",
+                 "sampler_state_differs", "sampler_conditional_entropy_bits", "sampler_mutual_information_bits"]
 CHANCE_COLUMNS = ["match_mean", "chance_match", "chance_corrected_match", "foreground_share", "foreground_match_mean",
                   "foreground_chance_corrected_match", "retrieval", "retrieval_chance"]
 SKILL_METRICS = ["energy_objects", "objects_invented", "energy_pixels", "chance_corrected_match"]
