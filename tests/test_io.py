@@ -3,6 +3,7 @@
 import argparse
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,11 +56,18 @@ def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):
 def test_lightning_style_checkpoint_loads_with_inert_hyper_parameters(tmp_path):
     sd = {"encoder.w": torch.randn(2, 2)}
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
+    args = argparse.Namespace(lr=1e-4, downsample=[4, 8, 8], padding_type="replicate", name="tats",
+                              sub=argparse.Namespace(n_hiddens=32), table={"a": torch.ones(2)})
+    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": {"args": args, "sos_token": 0}}, path)
     ckpt = load_untrusted_checkpoint(path)
-    assert ckpt["epoch"] == 3
-    assert "argparse.Namespace" in repr(ckpt["hyper_parameters"])
-    assert not hasattr(ckpt["hyper_parameters"], "lr")  # kept inert: nothing was built from it
+    assert ckpt["epoch"] == 3 and ckpt["hyper_parameters"]["sos_token"] == 0
+    # A Namespace's plain-data attributes are kept (TATS reads its per-axis downsample there), as data:
+    # the placeholder is no argparse.Namespace and nothing of argparse ran.
+    kept = ckpt["hyper_parameters"]["args"]
+    assert "argparse.Namespace" in repr(kept) and not isinstance(kept, argparse.Namespace)
+    assert (kept.lr, kept.downsample, kept.padding_type, kept.name, kept.sub.n_hiddens) == \
+        (1e-4, [4, 8, 8], "replicate", "tats", 32)
+    assert torch.equal(kept.table["a"], torch.ones(2))
     assert torch.equal(find_state_dict(ckpt)["encoder.w"], sd["encoder.w"])
 
 
@@ -140,3 +148,20 @@ def test_old_format_pickle_calling_a_builtin_is_refused_by_name(tmp_path):
     torch.save({"x": CallsPrint()}, path, _use_new_zipfile_serialization=False)
     with pytest.raises(UserError, match="it names `builtins.print`"):
         load_untrusted_checkpoint(path)
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_untouched_tensors_are_not_read_into_memory(tmp_path):
+    """A checkpoint carrying a large optimizer state (SAYCam GPT files: 9 GB for 730M
+    parameters): loading it maps the file, so only the tensors used are read."""
+    path = tmp_path / "big.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(4.0)}, "optimizer_states": [{"m": torch.ones(64 * 2**20)}]}, path)
+    before = resident_bytes()
+    ckpt = load_untrusted_checkpoint(path)
+    assert resident_bytes() - before < 64 * 2**20  # the 256 MB state was not read
+    assert torch.equal(find_state_dict(ckpt)["w"], torch.arange(4.0))
+    ckpt["state_dict"]["w"] += 1  # a private mapping: the file is not written
+    assert torch.equal(load_untrusted_checkpoint(path)["state_dict"]["w"], torch.arange(4.0))

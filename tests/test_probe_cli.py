@@ -109,6 +109,10 @@ def test_probe_recognition_on_violation_twins(tmp_path, capsys):
     assert [r["gap"] for r in records] == pytest.approx([r["nll_violation"] - r["nll_real"] for r in records])
     preferred = sum(r["gap"] > 0 for r in records)
     assert summary["paired_accuracy_ci"]["mean"] == summary["paired_accuracy"] == preferred / 3
+    # The generative test on the same pairs, and every figure per violation kind.
+    assert all(0 <= r["generative"] <= 1 and r["kind"] in ("teleport", "vanish", "recolor") for r in records)
+    assert summary["generative_accuracy"]["mean"] == pytest.approx(sum(r["generative"] for r in records) / 3)
+    assert sum(k["pairs"] for k in summary["by_kind"].values()) == 3
     assert (out / "roc.png").is_file()
     # The same pairs given as a file of paths.
     pairs = tmp_path / "pairs.jsonl"

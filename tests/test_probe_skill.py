@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from scipy.stats import beta
 import torch
 from probe_helpers import PatchTokenizer, one_thread  # noqa: F401 (autouse fixture)
+from scipy.stats import beta
 
 from halluscope.data import VideoWorld
 from halluscope.data.shapes import BACKGROUND, PALETTE
@@ -28,7 +28,7 @@ from halluscope.probes.baselines import (
     training_marginal,
 )
 from halluscope.probes.probe import summarize
-from halluscope.probes.recognition import auc_ci, roc_auc
+from halluscope.probes.recognition import auc_ci, closer_to_real, figures, roc_auc
 from halluscope.probes.samplers import Example, OracleSampler
 from halluscope.probes.skill import calibration_verdict, chance_metrics
 from halluscope.probes.stats import paired_difference, proportion_ci, ratio_ci, sign_test
@@ -259,3 +259,37 @@ def test_recognition_auc_through_scipy():
     assert roc_auc([0.0, 1.0, 2.0], [3.0, 4.0, 5.0]) == 1.0
     ci = auc_ci([0.0, 1.0, 2.0, 3.5], [3.0, 4.0, 5.0, 0.5])
     assert ci["mean"] == 0.75 and 0 <= ci["lo"] <= 0.75 <= ci["hi"] <= 1 and ci["n"] == 4
+
+
+class Replays:
+    """A stand-in GPT whose every sample is one fixed continuation (tokens after the context)."""
+
+    def __init__(self, continuation: torch.Tensor):
+        self.continuation = continuation
+
+    def generate(self, prefix, steps, n, generator=None):
+        assert prefix.shape == (1, prefix.shape[1]) and steps == len(self.continuation)
+        return self.continuation.expand(n, -1), None
+
+
+def test_generative_two_alternative_test_knows_which_continuation_a_sample_follows():
+    """On a real clip and its violating twin: samples that are the real continuation score 1,
+    the twin's 0, and on hand-made pair records the paired figures come out as counted."""
+    world = VideoWorld(size=16, frames=4, randomness=0.0, seed=0)
+    tokenizer = PatchTokenizer("video", 16, 4)
+    real, meta = world.example(0)
+    twin = real.clone()
+    twin[:, 2:] = -real[:, 2:]  # the second half broken beyond recognition
+    x = torch.stack([real, twin])
+    tokens = tokenizer.encode(x).flatten(1)  # (2, 64): frames of 16 tokens
+    given = tokens[0, :32]
+    for source, share in ((tokens[0, 32:], 1.0), (tokens[1, 32:], 0.0)):
+        assert closer_to_real(Replays(source), tokenizer, x, given, 2, 4, torch.Generator()) == share
+    pairs = ((0.5, 1.0, "teleport"), (0.2, 0.5, "teleport"), (-0.1, 0.0, "vanish"), (0.0, 0.5, "vanish"))
+    records = [{"nll_real": 1.0, "nll_violation": 1.0 + gap, "gap": gap, "generative": g, "kind": k}
+               for gap, g, k in pairs]
+    out = figures(records)
+    assert out["paired_accuracy"] == 0.5 and out["paired_accuracy_ci"]["n"] == 4
+    assert out["generative_accuracy"]["mean"] == 0.5
+    assert out["paired_p"] == pytest.approx(sign_test(2, 3))  # the tie is left out of the sign test
+    assert figures(records[:2], auc=False)["paired_accuracy"] == 1.0 and "auc" not in figures(records[:2], auc=False)

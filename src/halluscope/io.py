@@ -329,12 +329,30 @@ class Inert:
         pass
 
     def __repr__(self) -> str:
-        return f"<inert {self.name}>"
+        return f"<inert {type(self).name}>"
+
+
+class Record(Inert):
+    """Stands in for a plain-data record class (argparse.Namespace: a TATS or VideoGPT
+    checkpoint's hyper-parameters) and keeps the attributes its pickle sets — values the
+    weights-only loader has already rebuilt as tensors, plain containers or inert
+    placeholders — so they can be read (`args.downsample`). Builds nothing, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            vars(self).update({k: v for k, v in state.items() if isinstance(k, str)})
+
+    def __repr__(self) -> str:
+        return f"<record {type(self).name} {sorted(vars(self))}>"
+
+
+RECORDS = frozenset({"argparse.Namespace"})  # record classes whose plain-data state is kept
 
 
 def _placeholder(full_name: str) -> tuple[type, str]:
     """An inert stand-in for `full_name`, as torch's safe_globals wants it: (class, name)."""
-    return type(full_name.rsplit(".", 1)[-1], (Inert,), {"name": full_name}), full_name
+    base = Record if full_name in RECORDS else Inert
+    return type(full_name.rsplit(".", 1)[-1], (base,), {"name": full_name}), full_name
 
 
 def _is_inert(full_name: str) -> bool:
@@ -361,8 +379,10 @@ def _first_line(error: Exception) -> str:
 def load_untrusted_checkpoint(path: str | os.PathLike) -> Any:
     """Load a foreign `.ckpt`/`.pt`/`.pth` file with `torch.load(weights_only=True)`.
 
-    Tensors and plain containers load as usual; the bookkeeping classes of known training
-    frameworks (INERT_MODULE_PREFIXES, INERT_BUILTINS) become inert placeholders; any other
+    Tensors and plain containers load as usual (memory-mapped from zip files: untouched tensors
+    are never read); the bookkeeping classes of known training frameworks
+    (INERT_MODULE_PREFIXES, INERT_BUILTINS) become inert placeholders (a Namespace keeps its
+    plain-data attributes: Record); any other
     global the pickle names (a function such as `os.system`, an unknown class) makes the whole
     file refused before anything in it is called. Zip checkpoints are scanned for their
     globals first; globals the scan cannot see (old non-zip files, classes pushed at load
@@ -373,7 +393,8 @@ def load_untrusted_checkpoint(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes)")
     names: set[str] = set()
-    if zipfile.is_zipfile(path):
+    zip_format = zipfile.is_zipfile(path)
+    if zip_format:
         try:
             names.update(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
         except Exception as e:  # a damaged archive: say so rather than guess
@@ -385,7 +406,9 @@ def load_untrusted_checkpoint(path: str | os.PathLike) -> Any:
                             "neither a tensor nor a plain container, and loading it could run code")
         try:
             with torch.serialization.safe_globals([_placeholder(n) for n in sorted(names)]):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                # Memory-mapped where the format allows (zip): a file's optimizer state or first-stage
+                # model is read from disk only if touched, not loaded whole (9 GB for a 730M GPT's Adam).
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
         except pickle.UnpicklingError as e:
             name = _refused_global(e)
             if name is None or name in names:

@@ -282,6 +282,9 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction shown to the model before scoring; the rest is scored (default 0.5)")
     p.add_argument("--out", required=True, help="folder for recognition.json / .jsonl and roc.png")
     p.add_argument("--limit", type=int, help="use only the first N pairs")
+    p.add_argument("--samples", type=int, default=8,
+                   help="continuations the GPT draws per pair for the generative two-alternative test (0: skip it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of those draws")
     add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=recognition_command)
@@ -290,6 +293,8 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
 def recognition_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.samples < 0:
+        raise UserError(f"--samples must be at least 0, got {args.samples}")
     models = [load_pair(g, args.tokenizer, args.device) for g in args.gpt]
     tokenizer = models[0][1]
     context_split(tuple(tokenizer.grid), args.context)
@@ -298,12 +303,16 @@ def recognition_command(args: argparse.Namespace) -> int:
     summaries, lines = {}, []
     for (gpt, _), name in zip(models, args.gpt):
         check_pair(gpt, tokenizer)  # every GPT is scored with the first one's tokenizer
-        records, summary = recognition(gpt, tokenizer, pairs, args.context, args.context_encoding)
+        records, summary = recognition(gpt, tokenizer, pairs, args.context, args.context_encoding, args.samples,
+                                       args.seed)
         summaries[name] = summary
         lines += [{"gpt": name, **r} for r in records]
-        gap = summary["gap"]
-        print(f"{name}: AUC {summary['auc']:.3f}, NLL gap {gap['mean']:+.4f} nats/token "
-              f"[{gap['lo']:+.4f}, {gap['hi']:+.4f}] over {summary['pairs']} pairs; context tokens differ in "
+        gap, paired, drawn = summary["gap"], summary["paired_accuracy_ci"], summary["generative_accuracy"]
+        generative = (f"; its own samples nearer the real clip {drawn['mean']:.3f} [{drawn['lo']:.3f}, "
+                      f"{drawn['hi']:.3f}]" if drawn["mean"] is not None else "")
+        print(f"{name}: real clip preferred in {paired['mean']:.3f} [{paired['lo']:.3f}, {paired['hi']:.3f}] of "
+              f"{summary['pairs']} pairs (p {paired['p']:.2g}){generative}; AUC {summary['auc']:.3f}, NLL gap "
+              f"{gap['mean']:+.4f} nats/token [{gap['lo']:+.4f}, {gap['hi']:+.4f}]; context tokens differ in "
               f"{summary['context_differs']:.0%} of pairs ({args.context_encoding} encoding)")
     plot_roc({name: [r for r in lines if r["gpt"] == name] for name in args.gpt},
              {name: s["auc"] for name, s in summaries.items()}, out / "roc.png")
