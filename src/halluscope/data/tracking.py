@@ -150,13 +150,14 @@ class ClipPosterior:
         later = {COLOURS.index(s.color) for s in self.shapes[k:]}
         inside = np.isin(seen, list(later))
         s = geometries(self.size, 0, self.size, (shape.kind,), (int(shape.r),), STEP)
-        near = np.ones(len(s.x8), bool)
+        x, y = s.x8 // 8, s.y8 // 8  # the pixel each centre lies in
+        near = inside[y, x]  # a shape covers the pixel its centre lies in
         if must.any():  # a centre more than r + 2 pixels from a pixel to cover cannot cover it: skip those early
             ys, xs = np.nonzero(must)
             reach = int(shape.r) + 2
-            x, y = s.x8 // 8, s.y8 // 8
-            near = (x >= xs.max() - reach) & (x <= xs.min() + reach) & (y >= ys.max() - reach) & (y <= ys.min() + reach)
-        idx = np.flatnonzero(near & inside[s.y8 // 8, s.x8 // 8])  # a shape covers the pixel its centre lies in
+            near &= (x >= xs.max() - reach) & (x <= xs.min() + reach)
+            near &= (y >= ys.max() - reach) & (y <= ys.min() + reach)
+        idx = np.flatnonzero(near)
         counts = s.count(idx, prefix_sums(np.stack([~inside, must])))
         idx = idx[(counts[0] == 0) & (counts[1] == must.sum())]
         places = np.stack([s.x8[idx], s.y8[idx]], 1)
