@@ -635,26 +635,25 @@ taming_yaml_case("yaml-ch-mult-text", "taming YAML with ch_mult: a string", "ch_
 @case("model folders", "GPT config.json a symlink to /dev/zero (a reader would fill memory)", "error",
       "is a device, not a regular file")
 def config_dev_zero(c, name):
-    folder = gpt_copy(c, name)
-    (folder / "config.json").unlink()
-    (folder / "config.json").symlink_to("/dev/zero")
-    return c.sample(name, gpt=folder)
+    return c.sample(name, gpt=gpt_with_special_file(c, name, "config.json", lambda p: p.symlink_to("/dev/zero")))
 
 
 @case("model folders", "GPT config.json a FIFO (a reader would wait forever)", "error", "is a FIFO")
 def config_fifo(c, name):
-    folder = gpt_copy(c, name)
-    (folder / "config.json").unlink()
-    os.mkfifo(folder / "config.json")
-    return c.sample(name, gpt=folder)
+    return c.sample(name, gpt=gpt_with_special_file(c, name, "config.json", os.mkfifo))
 
 
 @case("model folders", "GPT model.safetensors a FIFO", "error", "is a FIFO")
 def weights_fifo(c, name):
+    return c.sample(name, gpt=gpt_with_special_file(c, name, "model.safetensors", os.mkfifo))
+
+
+def gpt_with_special_file(c: Corpus, name: str, file: str, make) -> Path:
+    """A copy of the good GPT folder whose `file` is replaced by what make(path) creates there."""
     folder = gpt_copy(c, name)
-    (folder / "model.safetensors").unlink()
-    os.mkfifo(folder / "model.safetensors")
-    return c.sample(name, gpt=folder)
+    (folder / file).unlink()
+    make(folder / file)
+    return folder
 
 
 @case("model folders", "config.json of 2 MB", "error", "is larger than 1,048,576 bytes")
