@@ -149,6 +149,8 @@ def test_probe_mistakes_are_one_line_errors(tmp_path, capsys):
           "--out", str(tmp_path / "a"), "--baselines", "marginal"], "--train-tokens"),
         (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
           "--context", "0.25,0.75", "--target", "0.5"], "after every context"),
+        (["probe", "--gpt", str(gpt), "--data", str(tmp_path / "world"), "--out", str(tmp_path / "a"),
+          "--baselines", "copy-last", "--baselines-at", "0.3"], "must be among --context"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -213,6 +215,19 @@ def test_probe_with_baselines_chance_levels_and_a_fixed_target(tmp_path, capsys)
     # The target is part of what a resumed run must share.
     assert probe(tmp_path, gpt, tmp_path / "world", out, "--oracle", "--resume") == 2
     assert "target" in capsys.readouterr().err
+
+
+def test_baselines_run_only_where_asked(tmp_path, capsys):
+    gpt = make_models(tmp_path, "image")
+    write_world(ImageWorld(size=32), tmp_path / "world", 3)
+    out = tmp_path / "run"
+    assert probe(tmp_path, gpt, tmp_path / "world", out, "--baselines", "copy-last,shuffled", "--baselines-at", "0.5",
+                 "--no-report") == 0
+    assert "12 records" in capsys.readouterr().out  # 3 examples x (the GPT at 2 contexts + 2 baselines at 0.5)
+    seen = {(r["sampler"], r["context"]) for r in lines(out / "records.jsonl")}
+    assert seen == {("gpt-image T=1", 0.25), ("gpt-image T=1", 0.5), ("copy-last", 0.5),
+                    ("gpt-image T=1 shuffled", 0.5)}
+    assert json.loads((out / "run.json").read_text())["baselines_at"] == [0.5]
 
 
 def test_gpt_sampler_names_its_settings():

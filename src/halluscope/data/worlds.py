@@ -65,6 +65,22 @@ def render_clip(states: list[State], size: int) -> torch.Tensor:
     return rearrange(frames, "t c h w -> c t h w")
 
 
+POSTERIORS_KEPT = 128
+
+
+def kept_posterior(world, make, meta: dict, cut: int):
+    """make(world, meta, cut), built once per example and cut among the world's last
+    POSTERIORS_KEPT: a probe's oracle and its shuffled twin condition on the same contexts,
+    and building is most of an oracle draw's cost. Posteriors are not changed by sampling."""
+    kept = world.__dict__.setdefault("_posteriors", {})  # not a field: world.json and == ignore it
+    key = (make.__name__, json.dumps(meta, sort_keys=True), cut)
+    if key not in kept:
+        if len(kept) >= POSTERIORS_KEPT:
+            kept.pop(next(iter(kept)))  # the oldest
+        kept[key] = make(world, meta, cut)
+    return kept[key]
+
+
 @dataclass
 class ImageWorld:
     """1-3 shapes wholly in the top half, then three bottom layers: with probability
@@ -133,7 +149,8 @@ class ImageWorld:
         statistics: {"proposals", "accepted", "acceptance"}. See halluscope.data.posterior."""
         if not 0 <= row <= self.size:
             raise ValueError(f"row must be in [0, {self.size}], got {row}")
-        states, stats = ImagePosterior(self, meta, row).sample(n, np.random.default_rng(seed), max_proposals)
+        posterior = kept_posterior(self, ImagePosterior, meta, row)
+        states, stats = posterior.sample(n, np.random.default_rng(seed), max_proposals)
         return torch.stack([to_float(render(s, self.size)[None])[0] for s in states]), stats
 
     def write(self, x: torch.Tensor, path: Path) -> None:
@@ -212,7 +229,7 @@ class VideoWorld:
         if frame == 0:  # nothing to condition on
             clips = [simulate(self.first_state(rng), self.frames, self.size, rng, self.randomness) for _ in range(n)]
         else:
-            draws, stats = ClipPosterior(self, meta, frame).sample(n, rng, max_proposals)
+            draws, stats = kept_posterior(self, ClipPosterior, meta, frame).sample(n, rng, max_proposals)
             clips = [simulate(d[-1], self.frames - frame + 1, self.size, rng, self.randomness)[1:] for d in draws]
         return torch.stack([render_clip(states, self.size) for states in clips]), stats
 

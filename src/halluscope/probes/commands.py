@@ -124,6 +124,9 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
                    help="baseline samplers, comma-separated: copy-last (repeat the last context row / latent frame), "
                         "marginal (each position from the training tokens' marginal), shuffled (each GPT setting "
                         "and the oracle given another example's context)")
+    p.add_argument("--baselines-at", type=parse_floats,
+                   help="context fractions, some of --context, where the baselines run (default: every --context); "
+                        "e.g. only where the headline figure is read")
     p.add_argument("--train-tokens", help="token cache of the training data, for the marginal baseline and the chance "
                                           "levels (default: the cache the first --gpt was trained on)")
     p.add_argument("--target", type=float,
@@ -152,12 +155,12 @@ def report_command(args: argparse.Namespace) -> int:
     """One report over the runs and, given image and clip runs, the pre-registered verdict
     (probes/verdict.py), printed and written to verdict.json."""
     runs = [Path(r) for r in args.runs]
-    result = verdict_of_runs([read_jsonl(run / RECORDS) for run in runs], args.context, args.image_sampler,
-                             args.clip_sampler)
+    records = [read_jsonl(run / RECORDS) for run in runs]
+    result = verdict_of_runs(records, args.context, args.image_sampler, args.clip_sampler)
     if result is not None:
         write_json(Path(args.out) / "verdict.json", result)
         print(f"{result['line']}\n{result['clip_against_oracle']}")
-    print(write_report(runs, args.out, verdict=result))
+    print(write_report(runs, args.out, verdict=result, records=[r for run in records for r in run]))
     return 0
 
 
@@ -231,14 +234,19 @@ def probe_command(args: argparse.Namespace) -> int:
     marginal, train_tokens = found if found else (None, None)
     if marginal is None:
         print("no training tokens found (pass --train-tokens CACHE): no chance levels or marginal baseline")
-    samplers += make_baselines(baselines, samplers, examples, tokenizer, marginal, args.context_encoding)
+    made = make_baselines(baselines, samplers, examples, tokenizer, marginal, args.context_encoding)
+    samplers += made
+    baselines_at = args.context if args.baselines_at is None else args.baselines_at
+    if set(baselines_at) - set(args.context):
+        raise UserError(f"--baselines-at {','.join(map(str, baselines_at))} must be among --context "
+                        f"{','.join(map(str, args.context))}")
     rank, ranks, barrier = distributed()
     out = Path(args.out)
     info = {"data": str(args.data), "tokenizer": str(tokenizer_dir), "gpt": [str(g) for g in args.gpt],
             "oracle": args.oracle, "contexts": args.context, "context_encoding": args.context_encoding,
             "samples": args.samples, "seed": args.seed, "batch": args.batch, "pool": args.pool,
             "samplers": [s.name for s in samplers], "examples": len(examples), "baselines": baselines,
-            "train_tokens": train_tokens, "target": args.target}
+            "train_tokens": train_tokens, "target": args.target, "baselines_at": baselines_at}
     check_run_folder(out, info, args.resume)
     barrier()  # every rank has seen the folder as it was before rank 0 writes into it
     if rank == 0:
@@ -253,21 +261,23 @@ def probe_command(args: argparse.Namespace) -> int:
 
     config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool,
                          encoding=args.context_encoding, target=args.target,
-                         marginal=None if marginal is None else marginal.to(args.device))
+                         marginal=None if marginal is None else marginal.to(args.device),
+                         only_at={s.name: list(baselines_at) for s in made})
     records = run_probe(examples, tokenizer, samplers, config, out, resume=args.resume, on_samples=keep_grid,
                         shard=(rank, ranks), barrier=barrier)
     if ranks > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return 0
-    report = write_report([out], out, info) if args.report else "no report.html (--no-report)"
+    report = write_report([out], out, info, records=records) if args.report else "no report.html (--no-report)"
     for context in args.context:
         leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context
                  and r["metrics"]["context_leak"] is not None]  # null: one example, nothing to swap in
         mean = f"{sum(leaks) / len(leaks):.4f}" if leaks else "unmeasured (one example)"
         print(f"context {context:g} ({args.context_encoding} encoding): context_leak {mean}")
+    at = "" if baselines_at == args.context else f", baselines at {','.join(map(str, baselines_at))} only"
     print(f"{len(records)} records ({len(examples)} examples x {len(args.context)} contexts x {len(samplers)} "
-          f"samplers) -> {out / 'records.jsonl'}, summary.json, summary.csv, {report}")
+          f"samplers{at}) -> {out / 'records.jsonl'}, summary.json, summary.csv, {report}")
     return 0
 
 

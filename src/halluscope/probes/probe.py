@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class ProbeConfig:
     encoding: str = "visible"  # how context tokens are encoded (probes/context.py)
     target: float | None = None  # score only the last `target` of rows / latent frames (probes/target.py)
     marginal: torch.Tensor | None = None  # (L, V) training tokens' per-position marginal: the chance levels
+    only_at: dict[str, list[float]] = field(default_factory=dict)  # sampler name -> its contexts (default: all)
 
 
 @dataclass
@@ -199,6 +200,8 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
         if b % world != rank:
             continue
         for context, sampler in itertools.product(config.contexts, samplers):
+            if context not in config.only_at.get(sampler.name, config.contexts):
+                continue
             missing = [k for k in block if (examples[k].id, context, sampler.name) not in finished]
             if missing:
                 todo.append((b, context, sampler, missing))

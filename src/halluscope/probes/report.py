@@ -289,14 +289,15 @@ def leak_table(rows: list[dict]) -> str:
 
 
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None,
-                 verdict: dict | None = None) -> Path:
+                 verdict: dict | None = None, records: list[dict] | None = None) -> Path:
     """Plots (out/plots/*.png) and out/report.html for one or more run folders (e.g. an image
     run and a clip run, to compare the domains on one set of curves). It leads with the
     verdict (probes/verdict.py) when there is one, the object table and the sample grids; the
-    run's settings `info` sit in a collapsed block."""
+    run's settings `info` sit in a collapsed block. `records`: the runs' records, when the
+    caller has already read them."""
     runs, out = [Path(r) for r in runs], Path(out)
     rows = load_runs(runs)
-    records = [r for run in runs for r in read_jsonl(run / RECORDS)]
+    records = [r for run in runs for r in read_jsonl(run / RECORDS)] if records is None else records
     plots = [plot_curve(rows, metric, label, out / "plots" / f"{metric}.png") for metric, label in CURVES]
     plots.append(plot_entropy_maps(records, out / "plots" / "entropy_maps.png"))
     plots.append(plot_rank_histograms(rows, out / "plots" / "rank_histograms.png"))

@@ -16,7 +16,8 @@ with a 95% interval that resamples training seeds (runs) and, within each, examp
   twin, and what the exact posterior cannot beat on these examples no model is asked to;
 - **not reproduced**: the interval of the difference lies at or below 0;
 - **inconclusive**: anything else (an interval that holds 0, a missing baseline or twin, a
-  sampler that does not beat its baselines, objects pointing the other way).
+  sampler that does not beat its baselines, objects that do not point the same way: the
+  other way, or no difference at all).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def verdict(image_runs: list[list[dict]], clip_runs: list[list[dict]], image_sam
         outcome, why = "reproduced", "the clip sampler gets more from its context, in tokens and objects"
     else:
         reasons = (["the token interval holds 0"] if tokens["lo"] <= 0 else []) + \
-            (["objects point the other way"] if objects["mean"] is None or objects["mean"] <= 0 else []) + \
+            (["objects do not point the same way"] if objects["mean"] is None or objects["mean"] <= 0 else []) + \
             ([f"not beaten: {', '.join(unbeaten)}"] if unbeaten else [])
         outcome, why = "inconclusive", "; ".join(reasons)
     line = (f"verdict at context {context:g}: {outcome} — Δ_clip − Δ_image in chance-corrected match "
