@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "halluscope.data.commands",
     "halluscope.tokenizers.commands",
     "halluscope.gpt.commands",
+    "halluscope.import_tats",
     "halluscope.probes.commands",
     "halluscope.app.commands",
     "halluscope.demo",

@@ -432,3 +432,25 @@ def find_state_dict(ckpt: Any, path: str | os.PathLike = "checkpoint") -> dict[s
             return tensors
     raise UserError(f"{path} holds no state dict (no tensors found at the top level or under "
                     "`state_dict` / `model_state_dict` / `model`)")
+
+
+def checkpoint_args(ckpt: Any) -> dict[str, Any]:
+    """The attributes of a Lightning checkpoint's `hyper_parameters['args']` (the argparse.Namespace
+    TATS and VideoGPT save, as kept by Record), or {} where there is none."""
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    args = hparams.get("args") if isinstance(hparams, dict) else None
+    return dict(vars(args)) if isinstance(args, Record) else {}
+
+
+def checkpoint_setting(name: str, recorded: Any, flag: Any, flag_text: str, default: Any = None) -> Any:
+    """A setting of a foreign checkpoint: the user's flag, which must agree with what the
+    checkpoint records where it records it (a list there equals a tuple here); else the recorded
+    value; else `default`; with none of them one UserError asking for the flag (`flag_text`,
+    e.g. "--downsample T,H,W")."""
+    recorded = tuple(recorded) if isinstance(recorded, list) else recorded
+    if flag is not None and recorded is not None and flag != recorded:
+        raise UserError(f"{flag_text.split()[0]} {flag} contradicts the checkpoint's {name} {recorded}")
+    value = flag if flag is not None else recorded if recorded is not None else default
+    if value is None:
+        raise UserError(f"the checkpoint does not record `{name}`, and its weights do not show it; pass {flag_text}")
+    return value

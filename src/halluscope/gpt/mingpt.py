@@ -134,9 +134,17 @@ def import_mingpt(ckpt: str | os.PathLike, n_layer: int, n_head: int, block_size
     `model_state_dict` / `model`), read without running any pickled code; `classes` as in
     convert_mingpt (None: plain minGPT)."""
     sd = find_state_dict(load_untrusted_checkpoint(ckpt), ckpt)
+    return gpt_from_mingpt(sd, n_layer, n_head, block_size, tokenizer, grid, classes, str(ckpt))
+
+
+def gpt_from_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int, block_size: int | None = None,
+                    tokenizer: str | None = None, grid: tuple[int, ...] | None = None, classes: int | None = None,
+                    source: str = "checkpoint") -> GPT:
+    """import_mingpt on a state dict already loaded (from `source`): a checkpoint that also holds
+    the tokenizer (TATS's) is read once."""
     config, state_dict = convert_mingpt(sd, n_layer, n_head, block_size, classes)
     config.tokenizer, config.grid = tokenizer, tuple(grid) if grid else None
     if grid and math.prod(grid) - 1 > config.block_size:
         raise UserError(f"token grid {'x'.join(map(str, grid))} needs {math.prod(grid) - 1} positions; "
                         f"the model has {config.block_size}")
-    return gpt_from_state_dict(config, state_dict, f"weights from {ckpt} do not fit the GPT config")
+    return gpt_from_state_dict(config, state_dict, f"weights from {source} do not fit the GPT config")

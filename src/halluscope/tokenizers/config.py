@@ -2,8 +2,8 @@
 and the tiny / small / base presets for images and clips.
 
 A config's `kind` ("image" | "video") says what it tokenizes; `arch` says how:
-"vqgan" (taming's image VQGAN), "framewise" (that VQGAN applied to each frame of a clip) or
-"vqgan3d" (a spatiotemporal VQGAN with 3D convolutions).
+"vqgan" (taming's image VQGAN), "framewise" (that VQGAN applied to each frame of a clip),
+"vqgan3d" (a spatiotemporal VQGAN with 3D convolutions) or "tats" (TATS's 3D VQGAN, import only).
 """
 
 from __future__ import annotations
@@ -174,7 +174,70 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
-CONFIGS = {"vqgan": VQGANConfig, "framewise": FramewiseConfig, "vqgan3d": VQGAN3DConfig}
+# F.pad modes of TATS's `padding_type` ("constant" pads zeros); its own choices.
+TATS_PADDINGS = ("replicate", "constant", "reflect", "circular")
+
+
+@dataclass
+class TATSConfig:
+    """TATS's 3D VQGAN (tokenizers/tats.py), with its own hyper-parameter names. Level i of
+    max(log2 downsample) halves each axis whose factor is not yet reached, so 16 frames at 128²
+    with (4, 8, 8) give a (4, 16, 16) grid. Imported only: its training is TATS's."""
+
+    kind: str = "video"
+    arch: str = "tats"
+    resolution: int = 128
+    frames: int = 16
+    n_hiddens: int = 32
+    downsample: tuple[int, int, int] = (4, 8, 8)
+    norm_type: str = "batch"  # "group": GroupNorm(32 groups); "batch": BatchNorm (eval statistics)
+    padding_type: str = "replicate"  # the encoder's first and strided convolutions; see TATS_PADDINGS
+    n_codes: int = 16384
+    embedding_dim: int = 256
+
+    def __post_init__(self) -> None:
+        self.kind = choice(OWNER, "kind", self.kind, ("video",))
+        self.arch = choice(OWNER, "arch", self.arch, ("tats",))
+        self.resolution = whole(OWNER, "resolution", self.resolution, *SIZE_LIMITS["resolution"])
+        self.frames = whole(OWNER, "frames", self.frames, *SIZE_LIMITS["frames"])
+        self.n_hiddens = whole(OWNER, "n_hiddens", self.n_hiddens, 1, 4096)
+        self.n_codes = whole(OWNER, "n_codes", self.n_codes, *SIZE_LIMITS["n_embed"])
+        self.embedding_dim = whole(OWNER, "embedding_dim", self.embedding_dim, *SIZE_LIMITS["embed_dim"])
+        self.norm_type = choice(OWNER, "norm_type", self.norm_type, ("group", "batch"))
+        self.padding_type = choice(OWNER, "padding_type", self.padding_type, TATS_PADDINGS)
+        self.downsample = wholes(OWNER, "downsample", self.downsample, 1, 1 << 12, (3,))
+        if not all(map(_is_power_of_two, self.downsample)) or max(self.downsample) < 2:
+            raise ConfigError(OWNER, f"downsample must be three powers of two, at least one above 1, "
+                                     f"got {list(self.downsample)}")
+        if self.levels > MAX_LEVELS:
+            raise ConfigError(OWNER, f"downsample {list(self.downsample)} needs {self.levels} levels; "
+                                     f"at most {MAX_LEVELS} are supported")
+        if self.norm_type == "group" and (2 * self.n_hiddens) % 32:  # the narrowest normalised width
+            raise ConfigError(OWNER, f"norm_type group needs 2·n_hiddens divisible by 32, got n_hiddens "
+                                     f"{self.n_hiddens}")
+        dt, dh, dw = self.downsample
+        if self.frames % dt or self.resolution % dh or self.resolution % dw:
+            raise ConfigError(OWNER, f"{self.frames} frames at {self.resolution}² do not divide by downsample "
+                                     f"{list(self.downsample)}")
+
+    @property
+    def levels(self) -> int:
+        """Strided convolutions in the encoder (transposed ones in the decoder)."""
+        return int(math.log2(max(self.downsample)))
+
+    def level_strides(self) -> list[tuple[int, int, int]]:
+        """The (t, h, w) stride of each level, in the encoder's order, which the decoder shares:
+        an axis is strided at the first log2(factor) levels."""
+        steps = [int(math.log2(d)) for d in self.downsample]
+        return [tuple(2 if level < s else 1 for s in steps) for level in range(self.levels)]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        dt, dh, dw = self.downsample
+        return (self.frames // dt, self.resolution // dh, self.resolution // dw)
+
+
+CONFIGS = {"vqgan": VQGANConfig, "framewise": FramewiseConfig, "vqgan3d": VQGAN3DConfig, "tats": TATSConfig}
 
 
 def config_to_dict(cfg) -> dict:

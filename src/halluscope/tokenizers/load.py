@@ -12,16 +12,19 @@ from torch import nn
 from halluscope.errors import UserError
 from halluscope.io import Shapes, check_shapes, load_model_folder, model_shapes, save_model_folder, tensor_shapes
 from halluscope.validate import ConfigError
-from halluscope.tokenizers.config import FramewiseConfig, VQGAN3DConfig, VQGANConfig, config_from_dict, config_to_dict
+from halluscope.tokenizers.config import (FramewiseConfig, TATSConfig, VQGAN3DConfig, VQGANConfig, config_from_dict,
+                                          config_to_dict)
 from halluscope.tokenizers.framewise import Framewise
+from halluscope.tokenizers.tats import TATSVQGAN
 from halluscope.tokenizers.vqgan import VQGAN
 from halluscope.tokenizers.vqgan3d import VQGAN3D
 
-Tokenizer = VQGAN | VQGAN3D | Framewise
+Tokenizer = VQGAN | VQGAN3D | Framewise | TATSVQGAN
+TokenizerConfig = VQGANConfig | FramewiseConfig | VQGAN3DConfig | TATSConfig
 
 
-def build_tokenizer(config: VQGANConfig | FramewiseConfig | VQGAN3DConfig) -> Tokenizer:
-    return {"vqgan": VQGAN, "framewise": Framewise, "vqgan3d": VQGAN3D}[config.arch](config)
+def build_tokenizer(config: TokenizerConfig) -> Tokenizer:
+    return {"vqgan": VQGAN, "framewise": Framewise, "vqgan3d": VQGAN3D, "tats": TATSVQGAN}[config.arch](config)
 
 
 def save_tokenizer(model: Tokenizer, folder: str | os.PathLike) -> Path:
@@ -34,7 +37,7 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:
     check_shapes(model_shapes(model), tensor_shapes(state_dict), source)
 
 
-def tokenizer_config(config: dict, folder: Path) -> VQGANConfig | FramewiseConfig | VQGAN3DConfig:
+def tokenizer_config(config: dict, folder: Path) -> TokenizerConfig:
     """The checked config of a tokenizer folder's config.json (as read)."""
     try:
         return config_from_dict(config)
@@ -44,7 +47,7 @@ def tokenizer_config(config: dict, folder: Path) -> VQGANConfig | FramewiseConfi
         raise UserError(f"tokenizer config {folder / 'config.json'} is malformed: {e}") from None
 
 
-def tokenizer_shapes(config: VQGANConfig | FramewiseConfig | VQGAN3DConfig) -> Shapes:
+def tokenizer_shapes(config: TokenizerConfig) -> Shapes:
     """The weight shapes a tokenizer of this config holds (built on the meta device: no memory)."""
     with torch.device("meta"):
         return model_shapes(build_tokenizer(config))
