@@ -1,13 +1,12 @@
-"""Importing minGPT-layout checkpoints: a reference minGPT written here (separate key / query /
+"""Importing minGPT-layout checkpoints: a reference minGPT (tests/ref_mingpt.py: separate key / query /
 value layers, a causal mask buffer, masked softmax) must give the same logits as the imported
 model, for every way such checkpoints are wrapped."""
 
 import json
-import math
 
 import pytest
 import torch
-import torch.nn as nn
+from ref_mingpt import RefGPT
 
 from halluscope.cli import main
 from halluscope.errors import UserError
@@ -17,58 +16,10 @@ from halluscope.gpt.mingpt import import_mingpt
 VOCAB, WIDTH, HEADS, LAYERS, BLOCK = 29, 48, 4, 3, 40
 
 
-class RefAttention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.key, self.query, self.value = (nn.Linear(WIDTH, WIDTH) for _ in range(3))
-        self.proj = nn.Linear(WIDTH, WIDTH)
-        self.register_buffer("mask", torch.tril(torch.ones(BLOCK, BLOCK)).view(1, 1, BLOCK, BLOCK))
-
-    def forward(self, x):
-        b, t, c = x.shape
-
-        def heads(layer):  # (B, T, C) -> (B, H, T, D)
-            return layer(x).view(b, t, HEADS, c // HEADS).transpose(1, 2)
-
-        q, k, v = heads(self.query), heads(self.key), heads(self.value)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(c // HEADS)
-        att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
-        return self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
-
-
-class RefBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
-        self.attn = RefAttention()
-        self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH), nn.Dropout(0.0))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
-class RefGPT(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tok_emb = nn.Embedding(VOCAB, WIDTH)
-        self.pos_emb = nn.Parameter(torch.randn(1, BLOCK, WIDTH) * 0.1)
-        self.blocks = nn.Sequential(*(RefBlock() for _ in range(LAYERS)))
-        self.ln_f = nn.LayerNorm(WIDTH)
-        self.head = nn.Linear(WIDTH, VOCAB, bias=False)
-        for p in self.parameters():  # away from the defaults, so a mixed-up tensor shows
-            if p.dim() == 1:
-                nn.init.normal_(p, std=0.1)
-
-    def forward(self, idx):
-        x = self.tok_emb(idx) + self.pos_emb[:, : idx.shape[1]]
-        return self.head(self.ln_f(self.blocks(x)))
-
-
 @pytest.fixture(scope="module")
 def ref():
     torch.manual_seed(0)
-    return RefGPT().eval()
+    return RefGPT(VOCAB, BLOCK, LAYERS, HEADS, WIDTH).eval()
 
 
 def save(path, obj):
