@@ -68,8 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def import_gpt_command(args: argparse.Namespace) -> int:
-    if args.n_layer < 1 or args.n_head < 1:
-        raise UserError("--n-layer and --n-head must be positive")
     if args.tokenizer and not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"--tokenizer {args.tokenizer} is not a tokenizer folder (no config.json)")
     classes = args.classes if args.format == "net2net" else None

@@ -26,9 +26,10 @@ import torch
 
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import gpt_from_state_dict
-from halluscope.gpt.config import GPTConfig
+from halluscope.gpt.config import LIMITS, GPTConfig
 from halluscope.gpt.model import GPT
 from halluscope.io import find_state_dict, load_untrusted_checkpoint
+from halluscope.validate import whole
 
 # Per-block minGPT name -> ours (for .weight and .bias). q, k, v are handled apart: they fuse.
 BLOCK_RENAMES = {"ln1": "ln1", "ln2": "ln2", "attn.proj": "attn.proj", "mlp.0": "mlp.fc", "mlp.2": "mlp.proj"}
@@ -36,6 +37,9 @@ EMBEDDING = "tok_emb.weight"
 
 
 NET2NET_SIBLINGS = ("first_stage_model.", "cond_stage_model.")  # what sits beside a Net2Net / TATS GPT
+
+
+OWNER = "minGPT import"
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
@@ -64,6 +68,10 @@ def convert_mingpt(sd: dict[str, torch.Tensor], n_layer: int, n_head: int, block
     `classes` is None, else a Net2Net / TATS GPT with that many class ids ahead of its codes
     (0: unconditional, position 0 the start token). block_size may be smaller than the grid
     positions the checkpoint has (only the first are kept)."""
+    # Checked before anything is read: sizes may come from a foreign checkpoint's args (TATS's Namespace).
+    n_layer, n_head = (whole(OWNER, name, v, *LIMITS[name]) for name, v in (("n_layer", n_layer), ("n_head", n_head)))
+    if classes is not None:
+        classes = whole(OWNER, "classes", classes, 0, LIMITS["cond_vocab_size"][1])
     sd, wrapped = _strip_prefix(sd)
     if wrapped and classes is None:
         raise UserError("this is a taming Net2NetTransformer / TATS GPT (under `transformer.` beside "

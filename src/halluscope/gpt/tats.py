@@ -48,10 +48,6 @@ def import_tats_gpt(sd: dict[str, torch.Tensor], args: dict[str, Any], flags: di
     """The GPT in a TATS checkpoint's state dict `sd` (keys under `transformer.`), reading the
     tokens of `grid` made by the tokenizer folder `tokenizer`."""
     n_layer, n_head, classes = tats_sizes(args, flags)
-    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("classes", classes)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "classes" else 1):
-            raise UserError(f"{source}: {name} must be a whole number (at least {int(name != 'classes')}), "
-                            f"got {value!r}")
     model = gpt_from_mingpt(sd, n_layer, n_head, None, tokenizer, grid, classes, source)
     if model.config.block_size != math.prod(grid) - 1:
         raise UserError(f"the TATS GPT has {model.config.block_size + 1} positions, but the {'x'.join(map(str, grid))} "
