@@ -29,6 +29,7 @@ from halluscope.gpt import model as model_module
 from halluscope.gpt.attention import attend, attend_decode
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 
 CONTENDERS = {
     "fused sdpa": lambda q, k, v, shared, group: F.scaled_dot_product_attention(q, k, v),
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> int:
     def generation(fn):
         def run():
             with decode_with(fn):
-                model.generate(prefix, args.new, n, top_k=100)
+                model.generate(prefix, args.new, n, SamplingSettings(top_k=100))
         return run
 
     for name, fn in CONTENDERS.items():

@@ -27,12 +27,13 @@ import torch
 from benchmarks._common import add_machine_args, publish, setup, synced, timed
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 
 VOCAB, SAMPLES = 1024, 8
 
 
 def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, samples: int, points: int, probe_steps: int,
-                      **sampling) -> float:
+                      settings: SamplingSettings = SamplingSettings()) -> float:
     """Seconds a full uncached generation of `steps` tokens after `prefix` (1, L) would take,
     interpolated from `points` probes of `probe_steps` steps each (see the module docstring)."""
     length = prefix.shape[1]
@@ -40,7 +41,7 @@ def uncached_estimate(model: GPT, prefix: torch.Tensor, steps: int, samples: int
     per_step = []
     for start in starts:
         longer = torch.randint(0, model.config.vocab_size, (1, int(start)), device=prefix.device)
-        run = synced(lambda: model.generate(longer, probe_steps, samples, use_cache=False, **sampling))
+        run = synced(lambda: model.generate(longer, probe_steps, samples, settings, use_cache=False))
         per_step.append(timed(run, repeats=2) / probe_steps)
     # Step i runs on a sequence of length+i tokens.
     return float(np.interp(np.arange(length, length + steps), starts, per_step).sum())

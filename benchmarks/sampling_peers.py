@@ -41,6 +41,7 @@ from benchmarks._common import (
 from benchmarks.sampling_cache import uncached_estimate
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 
 TARGETS = {"vs_naive": 20.0, "vs_transformers": 1.3, "decode_roofline": 0.30}
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
     n, new, k = args.samples, args.new, args.top_k
 
     def ours(prompts: torch.Tensor, samples: int):
-        return synced(lambda: model.generate(prompts, new, samples, top_k=k))
+        return synced(lambda: model.generate(prompts, new, samples, SamplingSettings(top_k=k)))
 
     fns = {"ours": ours(prefix, n)}
     problem = peer_problem()
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
         peer.generate(prefix, do_sample=True, top_k=k, max_new_tokens=4, num_return_sequences=n)  # warm-up
     else:
         print(f"skipping the transformers column: {problem}")
-    model.generate(prefix, 4, n, top_k=k)  # warm-up
+    model.generate(prefix, 4, n, SamplingSettings(top_k=k))  # warm-up
     for s in args.sharing:
         fns[f"shared {s}"], fns[f"independent {s}"] = ours(prefix, s), ours(contexts[:s], 1)
     fns["matmul"], matmul_flops = matmul(device)
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     fns["decode-shaped matmul"] = synced(lambda: [rows_in @ weight for _ in range(100)])
     print(f"timing {len(fns)} runs x {args.rounds} rounds ...", flush=True)
     seconds = side_by_side(fns, args.rounds)
-    naive = uncached_estimate(model, prefix, new, n, args.points, args.probe_steps, top_k=k)
+    naive = uncached_estimate(model, prefix, new, n, args.points, args.probe_steps, SamplingSettings(top_k=k))
 
     peak = matmul_flops / seconds["matmul"]
     peers = {"ours_tok_s": n * new / seconds["ours"], "naive_tok_s": n * new / naive,

@@ -9,12 +9,13 @@ from halluscope.gpt.config import preset
 from halluscope.gpt.kv_cache import KVCache
 from halluscope.gpt.model import GPT
 from halluscope.gpt.sampling import filter_logits, sample_next
+from halluscope.gpt.settings import SamplingSettings
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
 
 def kept(**settings) -> list[int]:
-    return torch.isfinite(filter_logits(PROBS.log(), **settings)).nonzero().flatten().tolist()
+    return torch.isfinite(filter_logits(PROBS.log(), SamplingSettings(**settings))).nonzero().flatten().tolist()
 
 
 def tiny(**overrides) -> GPT:
@@ -39,12 +40,13 @@ def test_top_k_and_top_p_alone_and_together():
 def test_temperature_sharpens_and_flattens():
     for t in (0.5, 2.0):
         expected = PROBS ** (1 / t) / (PROBS ** (1 / t)).sum()
-        assert torch.allclose(filter_logits(PROBS.log(), temperature=t).softmax(-1), expected, atol=1e-6)
+        assert torch.allclose(filter_logits(PROBS.log(), SamplingSettings(temperature=t)).softmax(-1), expected,
+                              atol=1e-6)
 
 
 def test_samples_follow_the_filtered_distribution():
     g = torch.Generator().manual_seed(0)
-    logits = filter_logits(PROBS.log().expand(40000, 4), top_k=3)
+    logits = filter_logits(PROBS.log().expand(40000, 4), SamplingSettings(top_k=3))
     tokens, logprobs = sample_next(logits, g)
     freq = torch.bincount(tokens, minlength=4) / len(tokens)
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.01)
@@ -65,7 +67,7 @@ def test_cached_generation_equals_uncached_token_for_token(variant):
         for use_cache in (True, False):
             g = torch.Generator().manual_seed(3)
             runs.append(model.generate(prefix, 16, num_samples=3, generator=g, cond=cond, use_cache=use_cache,
-                                       **settings))
+                                       settings=SamplingSettings(**settings)))
         (tok_c, lp_c), (tok_u, lp_u) = runs
         assert tok_c.shape == (6, 16)
         assert torch.equal(tok_c, tok_u)
@@ -78,18 +80,19 @@ def test_logprobs_are_those_of_the_distribution_sampled_from():
     model = tiny()
     prefix = torch.randint(0, 37, (2, 10))
     settings = {"temperature": 1.3, "top_k": 12, "top_p": 0.9}
-    tokens, logprobs = model.generate(prefix, 20, num_samples=3, generator=torch.Generator().manual_seed(1), **settings)
+    tokens, logprobs = model.generate(prefix, 20, num_samples=3, generator=torch.Generator().manual_seed(1),
+                                      settings=SamplingSettings(**settings))
     full = torch.cat([prefix.repeat_interleave(3, 0), tokens], dim=1)  # (6, 30)
     with torch.no_grad():
         logits = model(full[:, :-1])[:, 9:]  # rows predicting tokens 10 .. 29
-    expected = filter_logits(logits, **settings).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+    expected = filter_logits(logits, SamplingSettings(**settings)).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
     assert torch.allclose(logprobs, expected, atol=1e-5)
 
 
 def test_top_k_1_is_greedy_decoding():
     model = tiny()
     prefix = torch.randint(0, 37, (1, 8))
-    tokens, logprobs = model.generate(prefix, 15, num_samples=2, top_k=1)
+    tokens, logprobs = model.generate(prefix, 15, num_samples=2, settings=SamplingSettings(top_k=1))
     seq = prefix.clone()
     with torch.no_grad():
         for _ in range(15):
@@ -151,7 +154,7 @@ def test_score_matches_a_direct_log_softmax():
 def test_score_rank_is_zero_for_the_models_own_greedy_choice():
     model = tiny()
     prefix = torch.randint(0, 37, (1, 8))
-    greedy, _ = model.generate(prefix, 10, top_k=1)
+    greedy, _ = model.generate(prefix, 10, settings=SamplingSettings(top_k=1))
     out = model.score(torch.cat([prefix, greedy], 1), 8)
     assert torch.equal(out["rank"], torch.zeros(1, 10, dtype=torch.long))
 
@@ -162,7 +165,7 @@ def test_bad_settings_are_user_errors():
     for settings, message in [({"temperature": 0}, "temperature"), ({"top_k": 0}, "top_k"),
                               ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")]:
         with pytest.raises(UserError, match=message):
-            model.generate(prefix, 4, **settings)
+            SamplingSettings(**settings)
     model.generate(prefix, 41)  # 8 + 41 - 1 = 48 positions: the last token is never fed back
     with pytest.raises(UserError, match="needs 49 positions"):
         model.generate(prefix, 42)

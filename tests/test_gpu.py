@@ -14,6 +14,7 @@ from halluscope.gpt import attention
 from halluscope.gpt.attention import resolve_backend, xformers_problem
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.gpt.train import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -43,7 +44,8 @@ def test_cached_generation_equals_uncached_on_cuda(backend):
     runs = []
     for use_cache in (True, False):
         g = torch.Generator(device="cuda").manual_seed(3)
-        runs.append(model.generate(prefix, 16, num_samples=3, generator=g, top_k=10, use_cache=use_cache))
+        runs.append(model.generate(prefix, 16, num_samples=3, generator=g, settings=SamplingSettings(top_k=10),
+                                   use_cache=use_cache))
     (tok_c, lp_c), (tok_u, lp_u) = runs
     assert tok_c.shape == (6, 16) and tok_c.device.type == "cuda"
     assert torch.equal(tok_c, tok_u)

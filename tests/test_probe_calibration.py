@@ -16,6 +16,7 @@ from probe_helpers import PatchTokenizer, one_thread  # noqa: F401 (autouse fixt
 from halluscope.data import VideoWorld
 from halluscope.gpt.config import preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.probes import calibration
 from halluscope.probes.probe import ProbeConfig, plain, run_probe, summarize
 from halluscope.probes.redundancy import redundancy_curve
@@ -125,7 +126,7 @@ def self_generated(n: int) -> tuple[GPT, PatchTokenizer, list[Example]]:
         gpt.head.weight.mul_(30)
     g = torch.Generator().manual_seed(1)
     first = torch.randint(tokenizer.vocab_size, (n, 1), generator=g)
-    rest, _ = gpt.generate(first, 63, 1, 1.0, generator=g)
+    rest, _ = gpt.generate(first, 63, 1, generator=g)
     pixels = tokenizer.decode(torch.cat([first, rest], 1).view(n, 8, 8))
     return gpt, tokenizer, [Example(str(i), p) for i, p in enumerate(pixels)]
 
@@ -133,7 +134,7 @@ def self_generated(n: int) -> tuple[GPT, PatchTokenizer, list[Example]]:
 @pytest.mark.slow
 def test_gpt_temperature_moves_the_spread_skill_ratio(tmp_path):
     gpt, tokenizer, examples = self_generated(48)
-    samplers = [GPTSampler(gpt, "g", t) for t in (1.0, 0.3, 3.0)]
+    samplers = [GPTSampler(gpt, "g", SamplingSettings(t)) for t in (1.0, 0.3, 3.0)]
     rows = verdicts(run_probe(examples, tokenizer, samplers, ProbeConfig([0.5]), tmp_path / "run"))
     assert_calibrated(rows["g T=1", 0.5], ("tokens", "pixels", "nll"))
     cold, hot = rows["g T=0.3", 0.5], rows["g T=3", 0.5]

@@ -19,6 +19,7 @@ from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import save_gpt
 from halluscope.gpt.config import preset as gpt_preset
 from halluscope.gpt.model import GPT
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.probes.samplers import GPTSampler
 from halluscope.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
@@ -233,10 +234,12 @@ def test_baselines_run_only_where_asked(tmp_path, capsys):
 def test_gpt_sampler_names_its_settings():
     gpt = GPT(gpt_preset("tiny", vocab_size=16, block_size=8))
     assert GPTSampler(gpt, "m").name == "m T=1"
-    assert GPTSampler(gpt, "m", 0.7, 50, 0.9).name == "m T=0.7 top-k=50 top-p=0.9"
-    assert GPTSampler(gpt, "m", 0.7, 50, 0.9).settings == {"gpt": "m", "temperature": 0.7, "top_k": 50, "top_p": 0.9}
+    sampler = GPTSampler(gpt, "m", SamplingSettings(0.7, 50, 0.9))
+    assert sampler.name == "m T=0.7 top-k=50 top-p=0.9"
+    assert sampler.settings == {"gpt": "m", "temperature": 0.7, "top_k": 50, "top_p": 0.9, "cfg_scale": 1.0}
+    assert GPTSampler(gpt, "m", SamplingSettings(cfg_scale=2), (3,)).name == "m T=1 cfg=2 cond=3"
     with pytest.raises(UserError, match="top_p"):
-        GPTSampler(gpt, "m", top_p=0.0)
+        SamplingSettings.from_flags(top_p=0.0)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from halluscope.data.images import IMAGE_SUFFIXES
 from halluscope.data.media import write_gif
 from halluscope.data.videos import VIDEO_SUFFIXES
 from halluscope.errors import UserError
-from halluscope.gpt.sampling import check_sampling
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.probes import metrics
 from halluscope.probes.context import check_encoding, shown
 from halluscope.probes.probe import measure as probe_measure
@@ -51,20 +51,30 @@ class Settings:
     top_p: float = 1.0  # 1: off
     seed: int = 0
     encoding: str = "visible"  # how the context is encoded (probes/context.py)
+    cfg_scale: float = 1.0  # 1: no guidance
+    label: int | None = None  # a class-conditional GPT's class (None: its null condition)
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings.from_flags(self.temperature, self.top_k, self.top_p, self.cfg_scale)
+
+    @property
+    def cond(self) -> tuple[int, ...] | None:
+        return None if self.label is None else (self.label,)
 
     def check(self) -> None:
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise UserError(f"number of samples must be between 1 and {MAX_SAMPLES}, got {self.samples}")
-        check_sampling(self.temperature, self.top_k or None, self.top_p)
+        _ = self.sampling  # building it checks it
         check_encoding(self.encoding)
 
     def sample(self, model: Model, x: torch.Tensor, units: int, progress: bool = False) -> Continuations:
         """N continuations of x given its first `units` token rows / latent frames."""
         self.check()
-        generator = torch.Generator(next(model.gpt.parameters()).device).manual_seed(self.seed)
-        return continue_example(model.gpt, model.tokenizer, x, units / model.grid[0], self.samples, self.temperature,
-                                self.top_k or None, self.top_p if self.top_p < 1 else None, generator,
-                                progress=progress, encoding=self.encoding)
+        generator = torch.Generator(model.gpt.device).manual_seed(self.seed)
+        return continue_example(model.gpt, model.tokenizer, x, units / model.grid[0], self.samples, self.sampling,
+                                generator, cond=self.cond and list(self.cond), progress=progress,
+                                encoding=self.encoding)
 
 
 def read_input(path: str | os.PathLike | None, model: Model) -> torch.Tensor:
@@ -168,21 +178,22 @@ class Outputs:
 @torch.no_grad()
 def sample_request(model: Model, x: torch.Tensor, units: int, settings: Settings, out: Path) -> Outputs:
     result = settings.sample(model, x, units, progress=True)
-    rows, entropy = measure(model, result)
+    rows, entropy = measure(model, result, settings.cond)
     return Outputs(context=write_media(result.seen, out / "context"), truth=write_media(result.truth, out / "truth"),
                    reconstruction=write_media(result.reconstruction, out / "reconstruction"),
                    samples=[write_media(s, out / f"sample-{i}") for i, s in enumerate(result.samples)],
                    metrics=rows, entropy=entropy_plot(model, result, entropy, out / "entropy.png"))
 
 
-def measure(model: Model, r: Continuations) -> tuple[list[list], torch.Tensor]:
+def measure(model: Model, r: Continuations, cond: tuple[int, ...] | None = None) -> tuple[list[list], torch.Tensor]:
     """The probe's metrics of one request (probes/probe.py `measure`, the very function a probe
     run uses) as table rows (metric, value, what it means), and the predictive entropy along
-    the ground truth at each position (*grid), NaN over the context."""
+    the ground truth at each position (*grid), NaN over the context; `cond` is the condition
+    the samples were drawn with, under which the likelihoods are read."""
     truth = prepare([Example(id="request", pixels=r.truth)], model.tokenizer, 1, [r.context_units],
                     r.context_encoding)[0]
     new = r.tokens.flatten(1)[:, r.context_tokens:]
-    m, _, entropy = probe_measure(truth, [], GPTSampler(model.gpt, model.name), new, r.context_units / r.grid[0],
+    m, _, entropy = probe_measure(truth, [], GPTSampler(model.gpt, model.name, cond=cond), new, r.context_units / r.grid[0],
                                   model.tokenizer, np.random.default_rng(0))  # the generator breaks rank ties
     ratio = m["skill_tokens"] / m["spread_tokens"] if m["spread_tokens"] > 0 else float("nan")
     table = [("match rate", m["match_mean"], "share of continuation tokens equal to the ground truth's"),

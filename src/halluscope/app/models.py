@@ -14,7 +14,7 @@ from pathlib import Path
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
 from halluscope.io import CONFIG_NAME, read_config
-from halluscope.gpt.model import GPT
+from halluscope.gpt.base import TokenModel
 from halluscope.probes.sample import check_pair
 from halluscope.tokenizers import Tokenizer, load_tokenizer
 
@@ -22,7 +22,7 @@ from halluscope.tokenizers import Tokenizer, load_tokenizer
 @dataclass
 class Model:
     name: str
-    gpt: GPT
+    gpt: TokenModel
     tokenizer: Tokenizer
 
     @property

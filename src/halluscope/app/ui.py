@@ -64,10 +64,11 @@ def slider_settings(model: Model) -> dict:
 
 
 def sampling_settings(samples: float, temperature: float, top_k: float | None, top_p: float,
-                      seed: float | None, encoding: str = "visible") -> inference.Settings:
+                      seed: float | None, encoding: str = "visible", cfg_scale: float = 1.0,
+                      label: float | None = None) -> inference.Settings:
     """The page's sampling widgets as checked Settings (numbers arrive as floats, empty as None)."""
     settings = inference.Settings(int(samples), float(temperature), int(top_k or 0), float(top_p), int(seed or 0),
-                                  encoding)
+                                  encoding, float(cfg_scale), None if label is None else int(label))
     settings.check()
     return settings
 
@@ -118,10 +119,10 @@ class App:
 
     @readable_errors
     def on_sample(self, name: str, upload: str | None, units: float, samples: float, temperature: float,
-                  top_k: float, top_p: float, seed: float, encoding: str = "visible",
-                  progress=gr.Progress(track_tqdm=True)):
+                  top_k: float, top_p: float, seed: float, encoding: str = "visible", cfg_scale: float = 1.0,
+                  label: float | None = None, progress=gr.Progress(track_tqdm=True)):
         model = self.store.get(name)
-        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding)
+        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding, cfg_scale, label)
         progress(0.0, desc="reading the input")
         x = inference.read_input(upload, model)
         progress(0.1, desc="sampling")
@@ -131,9 +132,10 @@ class App:
 
     @readable_errors
     def on_sweep(self, name: str, upload: str | None, samples: float, temperature: float, top_k: float,
-                 top_p: float, seed: float, encoding: str = "visible", progress=gr.Progress()):
+                 top_p: float, seed: float, encoding: str = "visible", cfg_scale: float = 1.0,
+                 label: float | None = None, progress=gr.Progress()):
         model = self.store.get(name)
-        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding)
+        settings = sampling_settings(samples, temperature, top_k, top_p, seed, encoding, cfg_scale, label)
         x = inference.read_input(upload, model)
         return inference.sweep(model, x, settings, progress)
 
@@ -168,6 +170,10 @@ def build(store: ModelStore, cache: str | os.PathLike, time_budget: float | None
                     encoding = gr.Radio(["visible", "full"], value="visible", label="context encoding",
                                         info="visible: only the shown pixels are encoded, so the context cannot "
                                              "leak the answer; full: the whole input (the peers' practice)")
+                    cfg_scale = gr.Slider(0.0, 10.0, value=1.0, step=0.25, label="guidance scale (1: off)",
+                                          info="classifier-free guidance; needs a class-conditional GPT with a null "
+                                               "class (LlamaGen)")
+                    label = gr.Number(None, label="class (empty: unconditional)", precision=0, minimum=0)
                 with gr.Row():
                     run = gr.Button("Sample", variant="primary", elem_id="sample")
                     sweep = gr.Button("Sweep context", elem_id="sweep")
@@ -187,7 +193,7 @@ def build(store: ModelStore, cache: str | os.PathLike, time_budget: float | None
         example.change(app.on_example, [model, example], upload, api_name="example")
         for trigger in (upload.change, context.release):
             trigger(app.on_preview, [model, upload, context], shown, show_progress="hidden", api_name=False)
-        settings = [samples, temperature, top_k, top_p, seed, encoding]
+        settings = [samples, temperature, top_k, top_p, seed, encoding, cfg_scale, label]
         run.click(app.on_sample, [model, upload, context, *settings],
                   [context_out, truth_out, recon_out, gallery, table, entropy], api_name="sample")
         sweep.click(app.on_sweep, [model, upload, *settings], plot, api_name="sweep")

@@ -1,4 +1,5 @@
-"""Scaled dot-product attention behind one function, with three interchangeable backends.
+"""Scaled dot-product attention behind one function, with three interchangeable backends, and
+the causal self-attention layer over a KV cache that every block family uses.
 
 - "xformers": `xformers.ops.memory_efficient_attention` (CUDA only; it takes (B, L, H, D)).
 - "sdpa": torch's `scaled_dot_product_attention` (CPU and GPU; it takes (B, H, L, D)).
@@ -17,10 +18,12 @@ import math
 import warnings
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from halluscope.gpt.config import ATTENTION_BACKENDS
+from halluscope.gpt.config import ATTENTION_BACKENDS, GPTConfig
+from halluscope.gpt.kv_cache import KVCache
 
 _fallback_warned = False
 
@@ -111,3 +114,46 @@ def attend_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shared: int
     p = torch.cat([pre, own], dim=-1).softmax(dim=-1)
     y = rearrange(rearrange(p[..., :shared], "(b n) h 1 l -> b h n l", n=group) @ pre_v, "b h n d -> (b n) h 1 d")
     return y + p[..., shared:] @ v[:, :, shared:]
+
+
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotary positions: x (B, H, T, D) with each pair (x[2j], x[2j+1]) turned by the angle
+    whose (cos, sin) is rotation (T, D/2, 2), in float32 (as LlamaGen does), back in x's dtype."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, H, T, D/2, 2)
+    cos, sin = rotation[..., 0], rotation[..., 1]  # (T, D/2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention over a KV cache, for every block family: bias=False
+    and a rotation (rotary positions, applied to queries and keys before they are cached) give
+    the Llama form."""
+
+    def __init__(self, config: GPTConfig, bias: bool = True):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v in one matmul
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
+        self.dropout = config.dropout
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.backend = config.attention
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int = 0,
+                rotation: torch.Tensor | None = None) -> torch.Tensor:
+        # x (B, T, C); with a cache, x holds positions [pos, pos+T) of each row.
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
+        if rotation is not None:
+            q, k = rotate(q, rotation), rotate(k, rotation)
+        if cache is not None:
+            k_all, v_all = cache.write(layer, torch.stack([k, v]), pos)  # (B, H, pos+T, D) each
+        if cache is not None and pos > 0:
+            # Decoding: the new query sees every cached key, so no mask is needed. One token
+            # per step keeps this exact; a longer chunk would need an offset causal mask.
+            # Every backend decodes the same way: reading the cache is the cost, see attend_decode.
+            assert x.shape[1] == 1, "decode one position at a time after the prefill"
+            y = attend_decode(q, k_all, v_all, cache.shared, cache.group)
+        else:  # training, or a prefill from position 0: causal attention within the chunk
+            p = self.dropout if self.training else 0.0
+            y = attend(q, k, v, causal=True, backend=resolve_backend(self.backend, x.device), dropout=p)
+        return self.resid_drop(self.proj(rearrange(y, "b h t d -> b t (h d)")))

@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 
 from halluscope.errors import UserError
+from halluscope.gpt.base import TokenModel
+from halluscope.gpt.build import build_gpt
 from halluscope.gpt.config import GPTConfig
-from halluscope.gpt.model import GPT
 from halluscope.io import Shapes, check_shapes, load_model_folder, model_shapes, save_model_folder, tensor_shapes
 from halluscope.validate import ConfigError
 
 KIND = "gpt"
 
 
-def save_gpt(model: GPT, folder: str | os.PathLike) -> Path:
+def save_gpt(model: TokenModel, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     config = asdict(model.config)
     if config["tokenizer"] is not None:
@@ -48,7 +49,7 @@ def gpt_config(config: dict, folder: Path) -> GPTConfig:
         raise UserError(f"GPT config {folder / 'config.json'} is malformed: {e.detail}") from None
 
 
-def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> GPT:
+def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> TokenModel:
     """The GPT saved in `folder`. The config is checked, and the weight shapes it implies are
     compared with the weights file's header, before a weight is read."""
     folder = Path(folder)
@@ -60,14 +61,14 @@ def load_gpt(folder: str | os.PathLike, device: torch.device | str = "cpu") -> G
 def gpt_shapes(config: GPTConfig) -> Shapes:
     """The weight shapes a GPT of this config holds (built on the meta device: no memory)."""
     with torch.device("meta"):
-        return model_shapes(GPT(config))
+        return model_shapes(build_gpt(config))
 
 
-def gpt_from_state_dict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> GPT:
+def gpt_from_state_dict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> TokenModel:
     """A GPT in eval mode holding exactly these weights; a mismatch is one UserError saying
     `source`: the first weight that does not fit."""
     with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
-        model = GPT(config)
+        model = build_gpt(config)
     check_shapes(model_shapes(model), tensor_shapes(state_dict), source)
     model.load_state_dict(state_dict, assign=True)
     return model.eval()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import save_gpt
-from halluscope.gpt.config import PRESETS
+from halluscope.gpt.config import BLOCKS, PRESETS
 from halluscope.gpt.mingpt import import_mingpt
 from halluscope.gpt.train import TrainConfig, train
 
@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", required=True, help="token cache folder written by `halluscope tokenize`")
     p.add_argument("--out", required=True, help="run folder: model/, checkpoints/, metrics.jsonl")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    p.add_argument("--arch", default="gpt", choices=list(BLOCKS),
+                   help="block family: gpt (minGPT: LayerNorm, GELU, position tables) or llama (LlamaGen's: RMSNorm, "
+                        "SwiGLU, no biases, rotary positions over the grid's axes)")
     for flag, kind, help_text in (
         ("steps", int, "optimizer steps"), ("batch", int, "sequences per process per micro-step"),
         ("accum", int, "micro-steps per optimizer step"), ("lr", float, "peak learning rate"),

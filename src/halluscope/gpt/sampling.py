@@ -1,15 +1,18 @@
-"""Drawing continuations: temperature, top-k and top-p filtering, and KV-cached generation
-that encodes the context once and shares it across the N samples.
+"""Drawing continuations: classifier-free guidance, temperature, top-k and top-p filtering,
+and KV-cached generation that encodes the context once and shares it across the N samples.
 
 The log-probability reported for a sampled token is its log-probability under the
-distribution it was actually drawn from: softmax of the logits divided by the temperature,
-after top-k and then top-p removed tokens (so it is 0 when only one token survives). The
-unfiltered model likelihood of a sequence is what `score` gives.
+distribution it was actually drawn from: softmax of the (guided) logits divided by the
+temperature, after top-k and then top-p removed tokens (so it is 0 when only one token
+survives). The unfiltered model likelihood of a sequence is what `score` gives.
+
+Guidance (cfg_scale s ≠ 1) runs every row twice in one batch, with its condition and with the
+model's null condition, and draws from u + s·(c − u) (LlamaGen's order: guidance, then
+temperature and filtering).
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,34 +21,35 @@ from tqdm import tqdm
 from halluscope.deadline import check_time
 from halluscope.device import check_fits
 from halluscope.errors import UserError
+from halluscope.gpt.settings import SamplingSettings
 
 if TYPE_CHECKING:
-    from halluscope.gpt.model import GPT
+    from halluscope.gpt.base import TokenModel
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Settings a user typed are checked once, with a message that names the flag."""
-    if not 0 < temperature < math.inf:
-        raise UserError(f"temperature must be a positive finite number (got {temperature}); "
-                        "use top_k=1 for greedy decoding")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k must be at least 1 (got {top_k})")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1] (got {top_p})")
+def null_cond(model: "TokenModel", rows: int) -> torch.Tensor | None:
+    """(rows, n_cond) condition tokens meaning "no condition", where the model has them: its
+    null condition id (LlamaGen's null class), or the start token of a model whose condition
+    is that token alone (one slot, one value: imported taming / TATS GPTs)."""
+    c = model.config
+    if c.null_cond is not None:
+        return torch.full((rows, c.n_cond), c.null_cond, dtype=torch.long)
+    if c.n_cond == 1 and c.cond_vocab_size == 1:
+        return torch.zeros(rows, 1, dtype=torch.long)
+    return None
 
 
-def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+def check_cond(model: "TokenModel", cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
     """The condition tokens to run with: a conditional model needs (rows, n_cond) of them, in
-    its condition vocabulary, except one whose condition is a start token alone (one slot,
-    one value: imported taming / TATS GPTs), which gets it by default; an unconditional one
-    takes none."""
+    its condition vocabulary, unless it has a null condition, which is the default; an
+    unconditional one takes none."""
     c = model.config
     if not c.n_cond:
         if cond is not None:
             raise UserError("this GPT is unconditional; it takes no condition tokens")
         return None
-    if cond is None and c.n_cond == 1 and c.cond_vocab_size == 1:
-        return torch.zeros(rows, 1, dtype=torch.long)
+    if cond is None and (default := null_cond(model, rows)) is not None:
+        return default
     if cond is None or tuple(cond.shape) != (rows, c.n_cond):
         got = "none" if cond is None else tuple(cond.shape)
         raise UserError(f"this GPT reads {c.n_cond} condition token(s) per sequence: "
@@ -55,7 +59,14 @@ def check_cond(model: "GPT", cond: torch.Tensor | None, rows: int) -> torch.Tens
     return cond
 
 
-def sampling_bytes(model: "GPT", rows: int, positions: int) -> int:
+def check_guidance(model: "TokenModel", settings: SamplingSettings) -> None:
+    """Guidance needs a null condition to guide away from."""
+    if settings.guided and model.config.null_cond is None:
+        raise UserError(f"cfg_scale {settings.cfg_scale:g} needs a GPT with a null condition (a class-conditional "
+                        "model trained with class dropout, e.g. LlamaGen's); this one has none: use cfg_scale 1")
+
+
+def sampling_bytes(model: "TokenModel", rows: int, positions: int) -> int:
     """Memory generate() allocates for `rows` sequences of `positions` positions: the KV cache
     (keys and values of every layer) and a few (rows, vocabulary) float tensors per step."""
     c = model.config
@@ -63,12 +74,12 @@ def sampling_bytes(model: "GPT", rows: int, positions: int) -> int:
     return 2 * c.n_layer * rows * (c.n_cond + positions) * c.n_embd * element + 4 * rows * c.vocab_size * 4
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
     """logits (..., V) -> float32 logits of the sampling distribution: divided by the
     temperature; then only the top_k largest kept; then only the smallest set of the
     remaining tokens whose probability reaches top_p (the most likely token always stays).
-    Removed tokens get -inf."""
+    Removed tokens get -inf. (Guidance is applied before, to the model's logits: `guide`.)"""
+    temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
@@ -90,8 +101,14 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator | None = None) 
     return tokens.squeeze(1), logp.gather(1, tokens).squeeze(1)
 
 
-def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 1, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """(2R, V) logits, R conditional rows then their R null rows -> (R, V) u + s·(c − u)."""
+    c, u = logits.float().chunk(2)
+    return u + scale * (c - u)
+
+
+def generate(model: "TokenModel", prefix: torch.Tensor, steps: int, num_samples: int = 1,
+             settings: SamplingSettings = SamplingSettings(), generator: torch.Generator | None = None,
              cond: torch.Tensor | None = None, use_cache: bool = True,
              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_samples` continuations of `steps` tokens after every prefix row.
@@ -102,9 +119,9 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
     With use_cache (the default) the prefix is run once, written into a KV cache of B·N rows,
     and each step feeds only the newest token. use_cache=False re-runs the whole sequence at
     every step: the slow reference the cached path is tested and benchmarked against.
-    Call it through `GPT.generate`, which switches off dropout and autograd.
+    Call it through `TokenModel.generate`, which switches off dropout and autograd.
     """
-    check_sampling(temperature, top_k, top_p)
+    check_guidance(model, settings)
     if prefix.dim() == 1:
         prefix = prefix[None]
     b, length = prefix.shape
@@ -118,24 +135,31 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
         raise UserError(f"prefix of {length} + {steps} new tokens needs {length + steps - 1} positions; "
                         f"the model has {model.config.block_size}")
     cond = check_cond(model, cond, b)
-    device = model.tok_emb.weight.device
-    check_fits(sampling_bytes(model, b * n, length + steps), device, f"{b * n} samples of {length + steps} tokens",
-               "draw fewer samples")
+    copies = 2 if settings.guided else 1  # guidance runs each row with its condition and the null one
+    device = model.device
+    check_fits(sampling_bytes(model, copies * b * n, length + steps), device,
+               f"{b * n} samples of {length + steps} tokens" + (" (twice, for guidance)" if copies > 1 else ""), "draw fewer samples")
+    if settings.guided:
+        prefix, cond = prefix.repeat(2, 1), torch.cat([cond, null_cond(model, b).to(cond.device)])  # (2B, L), (2B, n_cond)
     prefix = prefix.to(device)
     cond = None if cond is None else cond.to(device)
     tokens = torch.empty(b * n, steps, dtype=torch.long, device=device)
     logprobs = torch.empty(b * n, steps, device=device)
 
-    cache = model.new_cache(b * n, length + steps - 1) if use_cache else None
+    cache = model.new_cache(copies * b * n, length + steps - 1) if use_cache else None
 
-    def next_logits(i: int) -> torch.Tensor:  # (B·N, V): the distribution of token i
+    def model_logits(i: int) -> torch.Tensor:  # (copies·B·N, V): the model's distribution of token i
         if not use_cache:
-            seq = torch.cat([prefix.repeat_interleave(n, 0), tokens[:, :i]], dim=1)
+            seq = torch.cat([prefix.repeat_interleave(n, 0), tokens[:, :i].repeat(copies, 1)], dim=1)
             rows_cond = None if cond is None else cond.repeat_interleave(n, 0)
             return model(seq, rows_cond, last_only=True)[:, -1]
-        if i == 0:  # prefill: B rows computed once, spread over the B·N cache rows
+        if i == 0:  # prefill: B (or 2B) rows computed once, each spread over its N cache rows
             return model(prefix, cond, cache=cache, last_only=True)[:, -1].repeat_interleave(n, 0)
-        return model(tokens[:, i - 1:i], cache=cache, last_only=True)[:, -1]
+        return model(tokens[:, i - 1:i].repeat(copies, 1), cache=cache, last_only=True)[:, -1]
+
+    def next_logits(i: int) -> torch.Tensor:  # (B·N, V): the distribution token i is drawn from
+        logits = model_logits(i)
+        return guide(logits, settings.cfg_scale) if settings.guided else logits
 
     # Rows whose logits hold NaN or inf (weights that do) are drawn from a uniform stand-in and
     # reported once at the end: checking each step would wait for the GPU every step.
@@ -145,7 +169,7 @@ def generate(model: "GPT", prefix: torch.Tensor, steps: int, num_samples: int = 
         logits = next_logits(i)
         finite = torch.isfinite(logits).all(-1, keepdim=True)  # (B·N, 1)
         broken |= ~finite.all()
-        filtered = filter_logits(logits.where(finite, 0.0), temperature, top_k, top_p)
+        filtered = filter_logits(logits.where(finite, 0.0), settings)
         tokens[:, i], logprobs[:, i] = sample_next(filtered, generator)
     if broken:
         raise UserError("the GPT's logits are not finite (NaN or inf): its weights hold NaN or inf values, "

@@ -10,17 +10,17 @@ from halluscope.errors import UserError
 from halluscope.gpt.sampling import check_cond
 
 if TYPE_CHECKING:
-    from halluscope.gpt.model import GPT
+    from halluscope.gpt.base import TokenModel
 
 
-def score(model: "GPT", tokens: torch.Tensor, start: int, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def score(model: "TokenModel", tokens: torch.Tensor, start: int, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Score tokens[:, start:] given everything before them (and the condition, if any).
 
     tokens (B, L) grid tokens. Returns a dict of (B, L-start) tensors:
     - logprob: log p(token | tokens before it), under the plain model (no temperature or filtering);
     - entropy: entropy in nats of the predictive distribution at that position;
     - rank: how many tokens the model found strictly more likely (0 = its top choice).
-    Call it through `GPT.score`, which switches off dropout and autograd.
+    Call it through `TokenModel.score`, which switches off dropout and autograd.
     """
     if tokens.dim() == 1:
         tokens = tokens[None]
@@ -29,7 +29,7 @@ def score(model: "GPT", tokens: torch.Tensor, start: int, cond: torch.Tensor | N
         raise UserError(f"score start must be in [{first}, {tokens.shape[1]}) for {tokens.shape[1]} tokens, "
                         f"got {start}")
     cond = check_cond(model, cond, tokens.shape[0])
-    tokens = tokens.to(model.tok_emb.weight.device)
+    tokens = tokens.to(model.device)
     cond = None if cond is None else cond.to(tokens.device)
     logits = model(tokens[:, :-1], cond)  # row i predicts tokens[:, i + 1 - first]
     logits = logits[:, start - first:].float()  # (B, L-start, V)

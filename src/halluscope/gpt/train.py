@@ -34,7 +34,8 @@ from halluscope.data.token_cache import TokenCache
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt, save_gpt
 from halluscope.gpt.config import preset
-from halluscope.gpt.model import GPT
+from halluscope.gpt.base import TokenModel
+from halluscope.gpt.build import build_gpt
 from halluscope.io import atomic_path, drop_records_after, write_json
 
 # Peak dense bf16 FLOP/s of common training GPUs, for MFU; other devices report no MFU.
@@ -56,6 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     dropout: float = 0.0
     factorized_pos: bool = False  # one position table per grid axis (see GPTConfig)
+    arch: str = "gpt"  # the block family: gpt (minGPT-style) | llama (RMSNorm, SwiGLU, rotary positions)
     compile: bool = False
     grad_checkpoint: bool = False
     dtype: str = "auto"  # auto | fp32 | bf16
@@ -140,7 +142,7 @@ class TokenBatches:
 # ----------------------------------------------------------------------------- optimization
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
+def make_optimizer(model: TokenModel, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW that decays only matrices of Linear layers; norms, embeddings and biases are free."""
     decay, no_decay = [], []
     for module in model.modules():
@@ -166,7 +168,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return torch.bfloat16
 
 
-def mfu(model: GPT, tokens_per_s: float, device: torch.device) -> float | None:
+def mfu(model: TokenModel, tokens_per_s: float, device: torch.device) -> float | None:
     """Model FLOP utilization: 6·params + attention FLOPs per token over the GPU's bf16 peak."""
     if device.type != "cuda":
         return None
@@ -187,7 +189,7 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def save_checkpoint(out: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cursor: int,
+def save_checkpoint(out: Path, model: TokenModel, opt: torch.optim.Optimizer, step: int, cursor: int,
                     cfg: TrainConfig) -> Path:
     """Write checkpoints/step_N as a whole: into step_N.tmp, then one rename."""
     final = out / "checkpoints" / f"step_{step:08d}"
@@ -215,7 +217,7 @@ def save_checkpoint(out: Path, model: GPT, opt: torch.optim.Optimizer, step: int
     return final
 
 
-def load_checkpoint(ckpt: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple[int, int]:
+def load_checkpoint(ckpt: Path, model: TokenModel, opt: torch.optim.Optimizer) -> tuple[int, int]:
     """Restore weights, optimizer and RNG states from a checkpoint folder; return its step
     and data position."""
     loaded = load_gpt(ckpt)
@@ -261,12 +263,13 @@ class MetricsLog:
 # ----------------------------------------------------------------------------- the loop
 
 
-def build_model(cfg: TrainConfig, cache: TokenCache) -> GPT:
-    """The preset, sized to the cache: its vocabulary, sequence length and grid."""
+def build_model(cfg: TrainConfig, cache: TokenCache) -> TokenModel:
+    """The preset in the chosen block family, sized to the cache: its vocabulary, sequence
+    length and grid."""
     model_cfg = preset(cfg.preset, vocab_size=cache.vocab_size, block_size=cache.seq_len,
                        grid=tuple(cache.grid), dropout=cfg.dropout, factorized_pos=cfg.factorized_pos,
-                       tokenizer=cache.tokenizer)
-    return GPT(model_cfg)
+                       tokenizer=cache.tokenizer, block=cfg.arch)
+    return build_gpt(model_cfg)
 
 
 def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, amp: torch.dtype | None) -> float:
@@ -287,7 +290,7 @@ def next_token_loss(model: torch.nn.Module, seq: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TrainResult:
-    model: GPT  # the trained weights (unwrapped from DDP)
+    model: TokenModel  # the trained weights (unwrapped from DDP)
     metrics: dict  # the last step's logged metrics
     losses: list[float]  # training loss of each step this call ran
 

@@ -16,7 +16,7 @@ import torch
 
 from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
-from halluscope.gpt.sampling import check_sampling
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.baselines import make_baselines, parse_baselines, training_marginal
 from halluscope.probes.context import ENCODINGS, context_split, decode_context
@@ -33,6 +33,12 @@ from halluscope.tokenizers import load_tokenizer
 ENCODING_HELP = ("how the context's tokens are encoded: visible (default) encodes only the pixels the model is "
                  "shown, cut out and encoded alone, so they cannot leak the answer; full encodes the whole example and "
                  "keeps its first rows / latent frames (the peers' practice: leaks when the tokenizer is not causal)")
+
+
+CFG_HELP = ("classifier-free guidance scale s, logits u + s(c - u) from the condition c and the null condition u "
+            "(default 1: no guidance; needs a GPT with a null condition, e.g. LlamaGen)")
+COND_HELP = ("condition tokens of a class-conditional GPT, e.g. 3 or 3,7 (default: its null condition where it has "
+             "one, i.e. unconditional sampling)")
 
 
 def add_encoding(p: argparse.ArgumentParser) -> None:
@@ -67,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample only among the most likely tokens holding this probability")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help=CFG_HELP)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cond", type=parse_ints, help="condition tokens of a class-conditional GPT, e.g. 3 or 3,7")
+    p.add_argument("--cond", type=parse_ints, help=COND_HELP)
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one the GPT config names)")
     p.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="sample grid format for clips")
     add_encoding(p)
@@ -79,18 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def sample_command(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
-    check_sampling(args.temperature, args.top_k, args.top_p)  # before minutes of loading and encoding
+    settings = SamplingSettings.from_flags(args.temperature, args.top_k, args.top_p, args.cfg_scale)  # before loading
     gpt, tokenizer = load_pair(args.gpt, args.tokenizer, args.device)
     if tokenizer.kind == "image":
         x = load_image(args.input, tokenizer.resolution)
     else:
         x = load_clip(args.input, tokenizer.resolution, tokenizer.frames)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    result = continue_example(gpt, tokenizer, x, args.context, args.samples, args.temperature, args.top_k,
-                              args.top_p, generator, cond=args.cond, progress=True, encoding=args.context_encoding)
+    result = continue_example(gpt, tokenizer, x, args.context, args.samples, settings, generator, cond=args.cond,
+                              progress=True, encoding=args.context_encoding)
     info = {"gpt": str(args.gpt), "tokenizer": str(args.tokenizer or gpt.config.tokenizer), "input": str(args.input),
-            "context": args.context, "context_encoding": args.context_encoding, "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "seed": args.seed, "cond": args.cond}
+            "context": args.context, "context_encoding": args.context_encoding, "samples": args.samples,
+            **settings.as_dict(), "seed": args.seed, "cond": args.cond}
     paths = write_continuations(result, args.out, args.video_format, info)
     print(f"{args.samples} continuations of {result.context_units}/{result.grid[0]} "
           f"{'token rows' if len(result.grid) == 2 else 'latent frames'} "
@@ -118,6 +125,8 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=parse_floats, default=[1.0], help="comma-separated sweep (default 1.0)")
     p.add_argument("--top-k", type=parse_ints, default=[0], help="comma-separated sweep; 0 = no top-k (default 0)")
     p.add_argument("--top-p", type=parse_floats, default=[1.0], help="comma-separated sweep; 1 = no top-p (default 1)")
+    p.add_argument("--cfg-scale", type=parse_floats, default=[1.0], help="comma-separated sweep of the " + CFG_HELP)
+    p.add_argument("--cond", type=parse_ints, help="the same condition for every example: " + COND_HELP)
     p.add_argument("--pool", type=int, default=16,
                    help="other examples' real continuations in each retrieval pool (default 16)")
     p.add_argument("--baselines", default="",
@@ -204,10 +213,8 @@ def probe_command(args: argparse.Namespace) -> int:
         if value < least:
             raise UserError(f"{flag} must be at least {least}, got {value}")
     baselines = parse_baselines(args.baselines)
-    settings = [(t, k or None, None if p == 1 else p)
-                for t, k, p in itertools.product(args.temperature, args.top_k, args.top_p)]
-    for t, k, p in settings:
-        check_sampling(t, k, p)
+    settings = [SamplingSettings.from_flags(*flags)
+                for flags in itertools.product(args.temperature, args.top_k, args.top_p, args.cfg_scale)]
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun rank
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     if not args.gpt and args.tokenizer is None:
@@ -223,7 +230,7 @@ def probe_command(args: argparse.Namespace) -> int:
     samplers = []
     for (gpt, _), label in zip(pairs, labels):
         check_pair(gpt, tokenizer)  # every GPT is measured with the first one's tokenizer
-        samplers += [GPTSampler(gpt, label, t, k, p) for t, k, p in settings]
+        samplers += [GPTSampler(gpt, label, s, tuple(args.cond) if args.cond else None) for s in settings]
     examples, data_world = load_examples(args.data, tokenizer, args.limit)
     if args.oracle:
         if data_world is None:

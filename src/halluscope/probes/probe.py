@@ -282,9 +282,10 @@ def clean(v: float) -> float | None:
 
 def plain(settings: dict) -> bool:
     """Whether a sampler draws from the model's own distribution (temperature 1, no top-k /
-    top-p; the oracle too): only then are spread-skill and ranks a calibration verdict.
-    Tempered or truncated sampling narrows the samples and inflates matches."""
-    return settings.get("temperature") in (None, 1) and not settings.get("top_k") and settings.get("top_p") in (None, 1)
+    top-p, no guidance; the oracle too): only then are spread-skill and ranks a calibration
+    verdict. Tempered, truncated or guided sampling narrows the samples and inflates matches."""
+    return (settings.get("temperature") in (None, 1) and not settings.get("top_k") and settings.get("top_p") in (None, 1)
+            and settings.get("cfg_scale") in (None, 1))
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -309,7 +310,8 @@ def summarize(records: list[dict]) -> list[dict]:
                       for d in RANKS if f"rank_{d}" in names}
         for d, h in histograms.items():  # the uniformity p-value also goes to the CSV, without an interval
             stats[f"rank_{d}_p"] = {"mean": h["p"], "lo": None, "hi": None, "n": int(sum(h["counts"]))}
-        settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p", "baseline", "of")}
+        settings = {k: rs[0].get(k) for k in ("gpt", "temperature", "top_k", "top_p", "cfg_scale", "cond", "baseline",
+                                                "of")}
         notes = sorted({r["sampler_stats"]["note"] for r in rs if "note" in r.get("sampler_stats", {})})
         rows.append({"kind": kind, "sampler": sampler, "context": context, "target": rs[0].get("target"),
                      "context_encoding": rs[0].get("context_encoding", "full"),  # older records: full

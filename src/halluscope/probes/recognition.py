@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from halluscope.data import load_clip, load_image
 from halluscope.errors import UserError
-from halluscope.gpt.model import GPT
+from halluscope.gpt.base import TokenModel
 from halluscope.probes.context import context_split, cut, encode_context
 from halluscope.probes.samplers import check_world_fits, world_from_folder, world_lines
 from halluscope.probes.stats import bootstrap_ci, interval, proportion_ci, resampled, sign_test
@@ -117,7 +117,7 @@ def load_pairs(data: str | os.PathLike | None, pairs: str | os.PathLike | None, 
 
 
 @torch.no_grad()
-def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[Pair], context: float, encoding: str = "visible",
+def recognition(gpt: TokenModel, tokenizer: torch.nn.Module, pairs: list[Pair], context: float, encoding: str = "visible",
                 samples: int = 8, seed: int = 0) -> tuple[list[dict], dict]:
     """Per-pair records and the summary for one GPT: AUC, paired accuracy (with its exact
     interval), NLL gap, the share of pairs whose context tokens differ, and the generative
@@ -161,7 +161,7 @@ def figures(records: list[dict], auc: bool = True) -> dict:
     return out
 
 
-def closer_to_real(gpt: GPT, tokenizer: torch.nn.Module, x: torch.Tensor, given: torch.Tensor, units: int, n: int,
+def closer_to_real(gpt: TokenModel, tokenizer: torch.nn.Module, x: torch.Tensor, given: torch.Tensor, units: int, n: int,
                    generator: torch.Generator) -> float:
     """Generation on a recognition pair x = (real, violation): the share of n continuations the
     GPT draws after the shared context tokens `given` whose decoded pixels after the cut are

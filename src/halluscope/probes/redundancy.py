@@ -23,7 +23,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from halluscope.gpt.model import GPT
+from halluscope.gpt.base import TokenModel
 from halluscope.probes.context import context_split, encode_context
 from halluscope.probes.samplers import Example
 from halluscope.probes.stats import bootstrap_ci, ratio_ci
@@ -32,7 +32,7 @@ BITS = 1 / math.log(2)  # nats -> bits
 
 
 @torch.no_grad()
-def example_nlls(gpt: GPT, tokens: torch.Tensor, contexts: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def example_nlls(gpt: TokenModel, tokens: torch.Tensor, contexts: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLLs in nats, each (B, len(contexts)), of Y_k = the tokens (B, units, per_unit)
     after the first k units (k, context tokens (B, k * per_unit) in contexts): given those
     context tokens, and alone (moved to the start of the grid); Y_k's first token is left out
@@ -52,7 +52,7 @@ def one_minus(v: float | None) -> float | None:
 
 
 @torch.no_grad()
-def redundancy_curve(gpt: GPT, tokenizer: torch.nn.Module, examples: list[Example], contexts: list[float],
+def redundancy_curve(gpt: TokenModel, tokenizer: torch.nn.Module, examples: list[Example], contexts: list[float],
                      fps: float | None = None, batch: int = 16, encoding: str = "visible") -> list[dict]:
     """The redundancy curve of one GPT on examples, one dict per context (0 = none, then each
     fraction of `contexts`, its tokens encoded as `encoding` says): context, context_units,

@@ -14,7 +14,8 @@ import torch
 from halluscope.data import write_clip_grid, write_image_grid
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
-from halluscope.gpt.model import GPT
+from halluscope.gpt.base import TokenModel
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.io import write_json
 from halluscope.probes.context import context_split, decode_context, encode_context
 from halluscope.tokenizers import load_tokenizer
@@ -36,7 +37,7 @@ class Continuations:
     samples: torch.Tensor  # (N, 3, ...) decoded samples
 
 
-def check_pair(gpt: GPT, tokenizer: torch.nn.Module) -> None:
+def check_pair(gpt: TokenModel, tokenizer: torch.nn.Module) -> None:
     """A GPT and a tokenizer that can work together, or one UserError saying why not."""
     c = gpt.config
     # A larger GPT vocabulary would sample tokens the tokenizer cannot decode.
@@ -50,7 +51,7 @@ def check_pair(gpt: GPT, tokenizer: torch.nn.Module) -> None:
 
 
 def load_pair(gpt_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-              device: str | None = None) -> tuple[GPT, torch.nn.Module]:
+              device: str | None = None) -> tuple[TokenModel, torch.nn.Module]:
     """A GPT folder and its tokenizer (the one its config names, unless `tokenizer_dir` is
     given), on `device`, checked to work together: how every command and the app load a model."""
     gpt = load_gpt(gpt_dir, device=device)
@@ -63,13 +64,14 @@ def load_pair(gpt_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | Non
 
 
 @torch.no_grad()
-def continue_example(gpt: GPT, tokenizer: torch.nn.Module, x: torch.Tensor, context: float, samples: int,
-                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+def continue_example(gpt: TokenModel, tokenizer: torch.nn.Module, x: torch.Tensor, context: float, samples: int,
+                     settings: SamplingSettings = SamplingSettings(),
                      generator: torch.Generator | None = None, cond: list[int] | None = None,
                      progress: bool = False, encoding: str = "visible") -> Continuations:
     """N continuations of the example x ((3, H, W) or (3, T, H, W) in [-1, 1]) given `context`
     of it, as a fraction turned into whole leading rows / latent frames, its tokens encoded as
-    `encoding` says; `cond` holds the condition tokens (e.g. the class) of a conditional GPT."""
+    `encoding` says; `cond` holds the condition tokens (e.g. the class) of a conditional GPT
+    (default: its null condition, where it has one)."""
     check_pair(gpt, tokenizer)
     device = next(gpt.parameters()).device
     x = x.to(device)
@@ -79,8 +81,8 @@ def continue_example(gpt: GPT, tokenizer: torch.nn.Module, x: torch.Tensor, cont
     given = encode_context(tokenizer, x[None], units, encoding)  # (1, n_ctx)
     seq = torch.cat([given, truth_tokens.flatten()[None, n_ctx:]], 1)  # (1, L): the real continuation after it
     cond = None if cond is None else torch.tensor([cond], device=device)  # (1, n_cond)
-    new, logprobs = gpt.generate(given, seq.shape[1] - n_ctx, samples, temperature, top_k, top_p,
-                                 generator, cond=cond, progress=progress)
+    new, logprobs = gpt.generate(given, seq.shape[1] - n_ctx, samples, settings, generator, cond=cond,
+                                 progress=progress)
     tokens = torch.cat([given.expand(samples, -1), new], dim=1).view(samples, *grid)
     truth_logprob = gpt.score(seq, n_ctx, cond)["logprob"].sum().item()
     return Continuations(grid=grid, context_units=units, context_tokens=n_ctx, context_encoding=encoding,

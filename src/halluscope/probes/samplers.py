@@ -21,8 +21,8 @@ import torch
 from halluscope.data import ImageFolder, ImageWorld, VideoFolder, VideoWorld
 from halluscope.data.answers import known_answer
 from halluscope.errors import UserError
-from halluscope.gpt.model import GPT
-from halluscope.gpt.sampling import check_sampling
+from halluscope.gpt.base import TokenModel
+from halluscope.gpt.settings import SamplingSettings
 from halluscope.io import read_json
 from halluscope.probes.context import pixel_cut
 
@@ -47,36 +47,37 @@ class Sampler(Protocol):
 
 @dataclass
 class GPTSampler:
-    gpt: GPT
+    """One GPT with one sampling setting; a conditional GPT reads `cond` before every example
+    (default: its null condition or start token, where it has one)."""
+    gpt: TokenModel
     label: str
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    sampling: SamplingSettings = SamplingSettings()
+    cond: tuple[int, ...] | None = None
     settings: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_k, self.top_p)
-        self.settings = {"gpt": self.label, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        self.settings = {"gpt": self.label, **self.sampling.as_dict(), **({"cond": list(self.cond)} if self.cond else {})}
 
     @property
     def name(self) -> str:
-        parts = [self.label, f"T={self.temperature:g}"]
-        parts += [f"top-k={self.top_k}"] if self.top_k else []
-        parts += [f"top-p={self.top_p:g}"] if self.top_p else []
-        return " ".join(parts)
+        return " ".join([self.label, self.sampling.label()] + ([f"cond={','.join(map(str, self.cond))}"] if self.cond
+                                                              else []))
+
+    def rows_cond(self, rows: int) -> torch.Tensor | None:
+        return None if self.cond is None else torch.tensor([self.cond] * rows)
 
     def sample(self, examples: list[Example], tokens: torch.Tensor, context_units: int, context_tokens: int, n: int,
                generator: torch.Generator) -> torch.Tensor:
         seq = tokens.flatten(1)  # (B, L)
         # One call for the whole batch: B prefixes, each prefilled once and continued N times.
-        new, _ = self.gpt.generate(seq[:, :context_tokens], seq.shape[1] - context_tokens, n, self.temperature,
-                                   self.top_k, self.top_p, generator)
+        new, _ = self.gpt.generate(seq[:, :context_tokens], seq.shape[1] - context_tokens, n, self.sampling,
+                                   generator, cond=self.rows_cond(len(seq)))
         return new.view(len(seq), n, -1)
 
     def score(self, tokens: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
-        """GPT.score of sequences (B, L) from `start` under the plain model (no temperature or
-        filtering), so samples drawn with any setting are measured on one scale."""
-        return self.gpt.score(tokens, start)
+        """GPT.score of sequences (B, L) from `start` under the plain model (no temperature,
+        filtering or guidance), so samples drawn with any setting are measured on one scale."""
+        return self.gpt.score(tokens, start, self.rows_cond(len(tokens)))
 
 
 @dataclass
