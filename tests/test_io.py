@@ -3,6 +3,8 @@
 import argparse
 import os
 import pickle
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,32 @@ def test_lightning_style_checkpoint_loads_with_inert_hyper_parameters(tmp_path):
         (1e-4, [4, 8, 8], "replicate", "tats", 32)
     assert torch.equal(kept.table["a"], torch.ones(2))
     assert torch.equal(find_state_dict(ckpt)["encoder.w"], sd["encoder.w"])
+
+
+@pytest.mark.parametrize("module", ["pytorch_lightning.utilities.parsing", "lightning_fabric.utilities.data"])
+def test_lightning_attribute_dicts_keep_their_items(tmp_path, monkeypatch, module):
+    """Lightning stores hyper-parameters as an AttributeDict (a dict subclass): the file loads,
+    as a plain dict holding its items (and a Namespace inside it), and no Lightning class is built."""
+    built = []
+
+    class AttributeDict(dict):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = module, "AttributeDict"
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):  # the class must be importable for torch.save to name it
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType("stand-in"))
+    monkeypatch.setattr(sys.modules[module], "AttributeDict", AttributeDict, raising=False)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)},
+                "hyper_parameters": AttributeDict(lr=1e-4, n_layer=3, args=argparse.Namespace(downsample=[4, 8, 8]))},
+               path)
+    built.clear()
+    hparams = load_untrusted_checkpoint(path)["hyper_parameters"]
+    assert type(hparams) is dict and not built
+    assert (hparams["lr"], hparams["n_layer"], hparams["args"].downsample) == (1e-4, 3, [4, 8, 8])
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a plain pickle, on purpose

@@ -347,10 +347,17 @@ class Record(Inert):
 
 
 RECORDS = frozenset({"argparse.Namespace"})  # record classes whose plain-data state is kept
+# Lightning's hyper-parameter dicts (dict subclasses with attribute access): rebuilt as plain
+# dicts, the one mapping type the weights-only loader fills, so their items are kept.
+DICT_RECORDS = frozenset(f"{module}.AttributeDict" for module in (
+    "pytorch_lightning.utilities.parsing", "lightning_fabric.utilities.data", "lightning.fabric.utilities.data",
+    "lightning.pytorch.utilities.parsing"))
 
 
 def _placeholder(full_name: str) -> tuple[type, str]:
     """An inert stand-in for `full_name`, as torch's safe_globals wants it: (class, name)."""
+    if full_name in DICT_RECORDS:
+        return dict, full_name
     base = Record if full_name in RECORDS else Inert
     return type(full_name.rsplit(".", 1)[-1], (base,), {"name": full_name}), full_name
 
