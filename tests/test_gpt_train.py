@@ -204,6 +204,17 @@ def test_train_gpt_command(cache, tmp_path, capsys):
     assert "token cache" in capsys.readouterr().err
 
 
+def test_train_gpt_trains_the_llama_block_family(cache, tmp_path):
+    out = tmp_path / "llama"
+    assert main(["train-gpt", "--tokens", str(cache), "--out", str(out), "--preset", "tiny", "--arch", "llama",
+                 "--steps", "40", "--batch", "4", "--lr", "3e-3", "--eval-every", "40", "--no-progress"]) == 0
+    model = load_gpt(out / "model")
+    assert type(model).__name__ == "LlamaGPT" and model.config.block == "llama" and model.config.grid == GRID
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    curve = losses(out)
+    assert curve[-1] < 0.6 * curve[0]  # it learns the counter: rotary positions and SwiGLU work in training
+
+
 @pytest.mark.slow
 def test_train_gpt_runs_unchanged_under_torchrun(cache, tmp_path):
     out = tmp_path / "torchrun"

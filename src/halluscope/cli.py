@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "halluscope.tokenizers.commands",
     "halluscope.gpt.commands",
     "halluscope.import_tats",
+    "halluscope.import_llamagen",
     "halluscope.probes.commands",
     "halluscope.app.commands",
     "halluscope.demo",
