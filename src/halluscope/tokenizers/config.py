@@ -27,6 +27,7 @@ MAX_LEVELS = 8  # entries of ch_mult
 # in the first and last latent frames, as in the middle: tokens that repeat when the picture
 # repeats, which token-level probes need (the demo uses it). The parameters are the same.
 PADDINGS = ("zeros", "replicate")
+QUANTIZERS = ("vq", "gumbel", "l2")  # see VQGANConfig.quantizer
 
 
 def check_fields(cfg, kind: str, arch: str) -> None:
@@ -69,7 +70,9 @@ class VQGANConfig:
     # taming trained with the commitment weight on the wrong term (legacy=True); it only
     # changes training, so imports keep taming's value and our own runs use the fixed one.
     legacy: bool = False
-    quantizer: str = "vq"  # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only)
+    # "vq" (VectorQuantizer2) | "gumbel" (GumbelQuantize, import only) | "l2" (LlamaGen's: the
+    # nearest code by direction, z and codes L2-normalised, tokens decoded from the unit codes)
+    quantizer: str = "vq"
     padding: str = "zeros"  # see PADDINGS
     # A row-causal encoder (causal.py): token row i sees only pixel rows above the end of its
     # band, so the top rows' tokens do not depend on the rest. Off in taming's (and imports).
@@ -80,7 +83,7 @@ class VQGANConfig:
         if self.ch % 32:  # taming's GroupNorm has 32 groups
             raise ConfigError(OWNER, f"ch must be a multiple of 32, got {self.ch}")
         self.attn_resolutions = wholes(OWNER, "attn_resolutions", self.attn_resolutions, 1, 8192, range(0, 17))
-        self.quantizer = choice(OWNER, "quantizer", self.quantizer, ("vq", "gumbel"))
+        self.quantizer = choice(OWNER, "quantizer", self.quantizer, QUANTIZERS)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 `VQTokenizer` holds that pipeline once, for any number of latent axes; `VQGAN` fills it with
 taming-transformers' own Encoder / Decoder / VectorQuantizer2, with the parameter names of
 taming's `VQModel` (`encoder.*`, `decoder.*`, `quantize.embedding.weight`, `quant_conv.*`,
-`post_quant_conv.*`) so that taming checkpoints load as they are. The 3D clip VQGAN
+`post_quant_conv.*`) so that taming checkpoints load as they are; LlamaGen's VQ tokenizers are
+the same modules under other names with an L2-normalised codebook (`L2Quantizer`). The 3D clip VQGAN
 (vqgan3d.py) reuses the pipeline with its own convolutions. With `causal` in the config the
 encoder is causal along the grid's first axis (causal.py); the decoders never are.
 """
@@ -14,6 +15,7 @@ import contextlib
 import io
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from taming.modules.diffusionmodules.model import Decoder, Downsample, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
@@ -65,9 +67,15 @@ class VQTokenizer(nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        """(vocab_size, embed_dim) code vectors."""
+        """(vocab_size, embed_dim) stored code vectors, the parameter training updates (an l2
+        quantizer decodes from them normalised: `code_vectors`)."""
         q = self.quantize
         return q.embed.weight if isinstance(q, GumbelQuantize) else q.embedding.weight
+
+    @property
+    def code_vectors(self) -> torch.Tensor:
+        """(vocab_size, embed_dim) the vectors tokens decode to."""
+        return self.quantize.vectors if isinstance(self.quantize, L2Quantizer) else self.codebook
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantization latents (B, embed_dim, *grid) of pixels x in [-1, 1]."""
@@ -87,7 +95,7 @@ class VQTokenizer(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Code vectors of tokens (B, *grid) as latents (B, embed_dim, *grid)."""
-        return rearrange(self.codebook[tokens], "b ... d -> b d ...").contiguous()
+        return rearrange(self.code_vectors[tokens], "b ... d -> b d ...").contiguous()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (reconstruction, codebook loss, tokens, pre-quantization latents)."""
@@ -124,10 +132,42 @@ class VQGAN(VQTokenizer):
             replicate_borders(self.decoder)
         if config.quantizer == "gumbel":
             self.quantize = GumbelQuantize(config.z_channels, config.embed_dim, n_embed=config.n_embed)
+        elif config.quantizer == "l2":
+            self.quantize = L2Quantizer(config.n_embed, config.embed_dim, beta=config.beta)
         else:
             self.quantize = VectorQuantizer2(config.n_embed, config.embed_dim, beta=config.beta, legacy=config.legacy)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+
+class L2Quantizer(nn.Module):
+    """LlamaGen's quantizer (codebook_l2_norm): the nearest code by direction. z and the codes
+    are L2-normalised over the embedding dim before the search, and z_q is the unit code. Its
+    one weight is `embedding.weight`, as VectorQuantizer2's; the interface is that class's."""
+
+    def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25):
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.beta = beta
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """(n_embed, embed_dim) unit code vectors: what a token decodes to."""
+        return F.normalize(self.embedding.weight, dim=-1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[None, None, torch.Tensor]]:
+        """z (B, D, h, w) -> (z_q (B, D, h, w) with straight-through gradients, codebook +
+        commitment loss, (None, None, tokens (B*h*w,)))."""
+        z = F.normalize(rearrange(z, "b d h w -> b h w d"), dim=-1)
+        flat, codes = z.reshape(-1, z.shape[-1]), self.vectors
+        # The full squared distance, both norms ~1 included, as LlamaGen sums it: near-ties
+        # then round, and break, the same way.
+        distance = flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1) - 2 * flat @ codes.t()
+        tokens = distance.argmin(1)
+        z_q = codes[tokens].view(z.shape)
+        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+        z_q = z + (z_q - z).detach()
+        return rearrange(z_q, "b h w d -> b d h w"), loss, (None, None, tokens)
 
 
 def replicate_borders(net: nn.Module) -> None:
