@@ -96,14 +96,14 @@ class RefLabelEmbedder(nn.Module):
 
 
 class RefLlamaGen(nn.Module):
-    def __init__(self, vocab, classes=CLASSES, null_class=True, hidden=192):
+    def __init__(self, vocab, side=SIDE, classes=CLASSES, null_class=True, hidden=192):
         super().__init__()
         self.tok_embeddings = nn.Embedding(vocab, WIDTH)
         self.cls_embedding = RefLabelEmbedder(classes + null_class)
         self.layers = nn.ModuleList(RefLayer(hidden) for _ in range(LAYERS))
         self.norm = RefRMSNorm(WIDTH)
         self.output = nn.Linear(WIDTH, vocab, bias=False)
-        self.table = ref_rope_table(SIDE, WIDTH // HEADS)
+        self.table = ref_rope_table(side, WIDTH // HEADS)
 
     def forward(self, label, idx):
         """label (B,), idx (B, T) -> (B, 1 + T, V): position 0 (the class) predicts token 0."""
@@ -217,7 +217,7 @@ def test_sample_command_runs_an_imported_llamagen_with_guidance(tmp_path, ref, t
 
 @pytest.mark.parametrize("change, flags, message", [
     ("none", [], "pass --n-head"),
-    ("image_size", ["--n-head", str(HEADS), "--image-size", "128"], "contradicts the tokenizer's resolution 64"),
+    ("resolution", ["--n-head", str(HEADS), "--resolution", "128"], "--resolution 128 contradicts the tokenizer's 64"),
     ("gqa", ["--n-head", str(HEADS)], "grouped-query attention"),
     ("t2i", ["--n-head", str(HEADS)], "text-conditional"),
     ("wrong_grid", ["--n-head", str(HEADS)], "give a 32x32 grid; the tokenizer makes 16x16"),
@@ -251,3 +251,41 @@ def test_the_command_asks_for_what_it_needs(tmp_path, ref, capsys):
     for flags, message in [([], "give --vq"), (["--gpt", str(ckpt)], "--gpt needs its tokenizer")]:
         assert main(["import-llamagen", *flags, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_vq_and_gpt_import_together_and_sample_from_another_folder(tmp_path, monkeypatch, capsys):
+    """The whole route a LlamaGen user takes: both checkpoints in one command (the reference VQ of
+    test_llamagen_vq.py), then `sample` with relative paths from elsewhere (the GPT finds its
+    tokenizer through the path stored relative to its folder)."""
+    from test_llamagen_vq import N_CODES, VQ8, images, ref_vq, save_llamagen
+
+    vq = ref_vq(VQ8)
+    save_llamagen(tmp_path / "vq.pt", VQ8, model=vq.state_dict())
+    side = VQ8["image_size"] // 8
+    torch.manual_seed(0)
+    gpt = RefLlamaGen(N_CODES, side=side).eval()
+    save_ddp(tmp_path / "c2i.pt", gpt, image_size=VQ8["image_size"], downsample_size=8)
+    assert main(["import-llamagen", "--vq", str(tmp_path / "vq.pt"), "--gpt", str(tmp_path / "c2i.pt"),
+                 "--n-head", str(HEADS), "--out", str(tmp_path / "models" / "llamagen")]) == 0, capsys.readouterr().err
+    model = load_gpt(tmp_path / "models" / "llamagen")
+    from halluscope.tokenizers import load_tokenizer
+    tokenizer = load_tokenizer(tmp_path / "models" / "llamagen" / "tokenizer")
+    x = images(2, VQ8["image_size"])
+    with torch.no_grad():
+        codes = vq.encode(x).flatten(1)
+        assert torch.equal(tokenizer.encode(x).flatten(1), codes)
+        label = torch.tensor([1, CLASSES])
+        assert torch.allclose(model(codes[:, :-1], label[:, None]), gpt(label, codes)[:, :-1], atol=1e-5)
+
+    assert main(["import-llamagen", "--vq", str(tmp_path / "vq.pt"), "--out", str(tmp_path / "vq-only")]) == 0
+    with torch.no_grad():  # the tokenizer route alone writes the same tokenizer
+        assert torch.equal(load_tokenizer(tmp_path / "vq-only").encode(x).flatten(1), codes)
+
+    from halluscope.data import write_png
+    write_png(x[0], tmp_path / "photo.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["sample", "--gpt", "../models/llamagen", "--input", "../photo.png", "--samples", "3", "--cond", "2",
+                 "--cfg-scale", "1.5", "--out", "out", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (elsewhere / "out" / "samples.png").is_file()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
 from halluscope.errors import UserError
 
 
@@ -24,25 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write: the tokenizer (--vq alone), or the GPT with its "
                                                 "tokenizer in DIR/tokenizer (--vq and --gpt)")
     p.add_argument("--tokenizer", help="--gpt alone: the tokenizer folder the GPT reads (an earlier --vq import)")
-    p.add_argument("--image-size", type=int,
-                   help="--vq: image side in pixels the models were trained at (256 or 384), where the checkpoints' "
-                        "args do not record it")
+    p.add_argument("--resolution", type=int,
+                   help="--vq: image side in pixels the tokenizer reads (LlamaGen's image_size: 256 or 384; default: "
+                        "what the GPT's or the VQ's args record)")
     p.add_argument("--n-head", type=int, help="--gpt: attention heads, for a width outside LlamaGen's sizes")
     p.set_defaults(func=import_llamagen_command)
-
-
-def read(path: str) -> tuple[Any, dict[str, Any]]:
-    """A checkpoint and the plain-data attributes of its top-level `args` Namespace."""
-    from halluscope.io import Record, load_untrusted_checkpoint
-
-    ckpt = load_untrusted_checkpoint(path)
-    args = ckpt.get("args") if isinstance(ckpt, dict) else None
-    return ckpt, dict(vars(args)) if isinstance(args, Record) else {}
 
 
 def import_llamagen_command(args: argparse.Namespace) -> int:
     from halluscope.gpt.checkpoint import save_gpt
     from halluscope.gpt.llamagen import import_llamagen_gpt
+    from halluscope.io import load_untrusted_checkpoint, script_args
+    from halluscope.tokenizers.llamagen_import import convert_llamagen_vq
     from halluscope.tokenizers.load import load_tokenizer, save_tokenizer
 
     if not (args.vq or args.gpt):
@@ -53,15 +44,13 @@ def import_llamagen_command(args: argparse.Namespace) -> int:
         raise UserError("--gpt needs its tokenizer: --vq VQ.pt, or --tokenizer DIR")
     if args.n_head is not None and not args.gpt:
         raise UserError("--n-head is for --gpt")
-    gpt_ckpt, gpt_args = read(args.gpt) if args.gpt else (None, {})
-    image_size = args.image_size or gpt_args.get("image_size")
+    gpt_ckpt = load_untrusted_checkpoint(args.gpt) if args.gpt else None
+    gpt_args = script_args(gpt_ckpt)
+    resolution = args.resolution or gpt_args.get("image_size")
     if args.tokenizer:
         tokenizer, tokenizer_dir = load_tokenizer(args.tokenizer), args.tokenizer
     else:
-        from halluscope.tokenizers.llamagen_import import llamagen_vq
-
-        vq_ckpt, vq_args = read(args.vq)
-        tokenizer = llamagen_vq(vq_ckpt, vq_args, image_size, f"checkpoint {args.vq}")
+        tokenizer = convert_llamagen_vq(args.vq, resolution)
         tokenizer_dir = str(Path(args.out) / "tokenizer") if args.gpt else args.out
     if not args.gpt:
         save_tokenizer(tokenizer, tokenizer_dir)
@@ -70,8 +59,8 @@ def import_llamagen_command(args: argparse.Namespace) -> int:
         return 0
     if tokenizer.kind != "image":
         raise UserError(f"--tokenizer {args.tokenizer} is a clip tokenizer; a LlamaGen GPT reads image tokens")
-    if args.tokenizer and args.image_size not in (None, tokenizer.resolution):
-        raise UserError(f"--image-size {args.image_size} contradicts the tokenizer's resolution {tokenizer.resolution}")
+    if args.tokenizer and args.resolution not in (None, tokenizer.resolution):
+        raise UserError(f"--resolution {args.resolution} contradicts the tokenizer's {tokenizer.resolution}")
     flags = {"n_head": args.n_head} if args.n_head is not None else {}
     gpt = import_llamagen_gpt(gpt_ckpt, gpt_args, flags, tokenizer_dir, tuple(tokenizer.grid), f"checkpoint {args.gpt}")
     c = gpt.config

@@ -449,6 +449,12 @@ def checkpoint_args(ckpt: Any) -> dict[str, Any]:
     return dict(vars(args)) if isinstance(args, Record) else {}
 
 
+def script_args(ckpt: Any) -> dict[str, Any]:
+    """The attributes of a plain training script's top-level `args` Namespace (LlamaGen's), or {}."""
+    args = ckpt.get("args") if isinstance(ckpt, dict) else None
+    return dict(vars(args)) if isinstance(args, Record) else {}
+
+
 def checkpoint_setting(name: str, recorded: Any, flag: Any, flag_text: str, default: Any = None) -> Any:
     """A setting of a foreign checkpoint: the user's flag, which must agree with what the
     checkpoint records where it records it (a list there equals a tuple here); else the recorded

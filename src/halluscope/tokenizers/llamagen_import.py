@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from halluscope.errors import UserError
-from halluscope.io import Record, check_shapes, load_untrusted_checkpoint, model_shapes, tensor_shapes
+from halluscope.io import check_shapes, load_untrusted_checkpoint, model_shapes, script_args, tensor_shapes
 from halluscope.tokenizers.config import VQGANConfig
 from halluscope.tokenizers.load import save_tokenizer
 from halluscope.tokenizers.vqgan import VQGAN
@@ -43,12 +43,6 @@ def llamagen_weights(ckpt: Any, source: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{source} holds no state dict (no tensors at the top level or under "
                         f"{' / '.join(f'`{k}`' for k in WEIGHT_KEYS)})")
     return {k: v for k, v in sd.items() if k not in TRAINING_ONLY}
-
-
-def llamagen_args(ckpt: Any) -> dict[str, Any]:
-    """The attributes of the training script's `args` Namespace, or {} where there is none."""
-    args = ckpt.get("args") if isinstance(ckpt, dict) else None
-    return dict(vars(args)) if isinstance(args, Record) else {}
 
 
 def llamagen_name(key: str, levels: int) -> str:
@@ -116,7 +110,7 @@ def convert_llamagen_vq(path: str | os.PathLike, resolution: int | None = None) 
     source = f"checkpoint {path}"
     ckpt = load_untrusted_checkpoint(path)  # memory-mapped: the optimizer states are never read
     sd = llamagen_weights(ckpt, source)
-    config = llamagen_config(sd, llamagen_args(ckpt), resolution, source)
+    config = llamagen_config(sd, script_args(ckpt), resolution, source)
     if config.in_channels != 3 or config.out_ch != 3:
         raise UserError(f"{source}: only RGB models are supported (in {config.in_channels}, out {config.out_ch} channels)")
     levels = len(config.ch_mult)
