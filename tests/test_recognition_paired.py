@@ -4,6 +4,7 @@ with its Wilcoxon p, AUC), a stand-in scorer with known log-probabilities throug
 probe (NLL, PMI and its marginal, windows after the break), and the lawful kick control."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -244,3 +245,22 @@ def test_the_control_is_a_lawful_kick_where_the_violation_is_not():
             teleports += 1
             assert max(abs(broken.x - real[f - 1][k].x), abs(broken.y - real[f - 1][k].y)) > 2 * scale
     assert teleports > 0
+
+
+def test_a_pairs_file_carries_kind_control_and_break_frame(tmp_path):
+    """User pairs: kind, control and break frame as given (lawfulness unknown); a break frame
+    past the clip is one UserError line."""
+    world = VideoWorld(size=16, frames=4, randomness=0.1, seed=1)
+    write_world(world, tmp_path / "world", 2, violations=True)
+    tokenizer = PatchTokenizer("video", 16, 4)
+    line = {"real": "world/clips/000000.mp4", "violation": "world/violations/000000.mp4", "kind": "teleport",
+            "control": "world/clips/000001.mp4", "frame": 3}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(line) + "\n")
+    [pair] = load_pairs(None, tmp_path / "pairs.jsonl", tokenizer)
+    assert (pair.kind, pair.frame, pair.lawful) == ("teleport", 3, None)
+    assert (pair.control - world.example(1)[0]).abs().max() < 0.05  # clip 1, through the video codec
+    _, out = recognition(RuleScorer(), tokenizer, [pair, pair], 0.5, samples=0, marginal_contexts=1)
+    assert list(out["by_window"]) == ["break+0", "from_break"] and out["control"]["lawful"] is None
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({**line, "frame": 4}) + "\n")
+    with pytest.raises(UserError, match="past the last of 4"):
+        load_pairs(None, tmp_path / "pairs.jsonl", tokenizer)

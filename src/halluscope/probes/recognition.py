@@ -144,6 +144,8 @@ def load_pairs(data: str | os.PathLike | None, pairs: str | os.PathLike | None, 
         if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool) or frame < 0):
             raise UserError(f"{path} line {k + 1}: \"frame\" must be a whole number >= 0, got {frame!r}")
         real, violation = (load(path.parent / spec[name], tokenizer.resolution) for name in ("real", "violation"))
+        if frame is not None and frame >= real.shape[1]:  # the break must lie within the rows / frames
+            raise UserError(f"{path} line {k + 1}: \"frame\" {frame} is past the last of {real.shape[1]}")
         control = load(path.parent / spec["control"], tokenizer.resolution) if "control" in spec else None
         out.append(Pair(spec["real"], real, violation, str(spec.get("kind", "unknown")), control, frame))
     return out
@@ -213,6 +215,8 @@ def recognition(gpt: GPT, tokenizer: torch.nn.Module, pairs: list[Pair], context
                "by_kind": {kind: figures([r for r in records if r["kind"] == kind], auc=False)
                            for kind in sorted({r["kind"] for r in records})}}
     return records, summary
+
+
 NAMES = ("real", "violation", "control")  # the rows of a pair's sequences, in encode_pair's order
 
 
