@@ -93,6 +93,8 @@ class ClipPosterior:
         still allows is this one's to cover; refilter (tracks, in place) whoever changed."""
         colour, todo = COLOURS.index(self.shapes[group[0]].color), list(group)
         while todo:
+            if any(tracks[k].log_mass == -np.inf for k in group):  # an impossible filter stops early: fewer frames
+                return
             reach = {k: self.reach(self.shapes[k], tracks[k].places) for k in group}
             changed = []
             for k in group:
@@ -103,8 +105,6 @@ class ClipPosterior:
                     changed.append(k)
             for k in changed:
                 tracks[k] = self.track(k, must[k])
-            if any(tracks[k].log_mass == -np.inf for k in changed):
-                return
             todo = changed
 
     def assignments(self, group: list[int]) -> list[tuple[list, list[Track], float]]:

@@ -40,8 +40,10 @@ from halluscope.data.shapes import (
     State,
     from_dicts,
     mirror,
+    move,
     on_grid,
     random_shape,
+    random_velocity,
     render,
     simulate,
     to_dicts,
@@ -208,6 +210,23 @@ class VideoWorld:
         meta = {**meta, "violation": violation, "states": [to_dicts(s) for s in broken]}
         return render_clip(broken, self.size), meta
 
+    def control(self, meta: dict, violation: dict) -> tuple[torch.Tensor, dict]:
+        """The lawful counterpart of a violation: clip `meta`'s twin where the shape that
+        `violation` (its violating twin's meta["violation"]) breaks gets, on the step into the
+        same frame, a kick (a new velocity drawn as the world draws its kicks) and moves on under
+        the world's dynamics. Lawful wherever the world's randomness is above 0; at 0 a kick is
+        itself a break. meta["control"] says what was done; redrawn (deterministically) until
+        it changes the picture."""
+        states = [from_dicts(s) for s in meta["states"]]
+        frame, k = violation["frame"], violation["shape"]
+        rng = np.random.default_rng([self.seed, meta["index"], 2])  # a stream of its own, beside violation(i)'s
+        for _ in range(16):
+            kicked, control = kick(states, frame, k, self.size, rng)
+            if any(not np.array_equal(render(kicked[t], self.size), render(states[t], self.size))
+                   for t in range(frame, self.frames)):
+                break
+        return render_clip(kicked, self.size), {**meta, "control": control, "states": [to_dicts(s) for s in kicked]}
+
     def render(self, meta: dict) -> torch.Tensor:
         """float (3, T, S, S) from meta["states"]."""
         return render_clip([from_dicts(s) for s in meta["states"]], self.size)
@@ -258,6 +277,16 @@ def break_physics(states: list[State], size: int, rng: np.random.Generator) -> t
         details = {"color": color}
     broken = states[:frame] + [s[:k] + (a,) + s[k + 1:] for s, a in zip(states[frame:], after)]
     return broken, {"kind": kind, "frame": frame, "shape": k, **details}
+
+
+def kick(states: list[State], frame: int, k: int, size: int, rng: np.random.Generator) -> tuple[list[State], dict]:
+    """A copy of `states` where shape k's velocity is redrawn from the prior on the step into
+    `frame` (frame >= 1), after which it moves on with no further kick; and the record of it."""
+    vx, vy = random_velocity(rng, size)
+    start = move(dataclasses.replace(states[frame - 1][k], vx=vx, vy=vy), size)
+    after = [s[0] for s in simulate((start,), len(states) - frame, size, rng, 0.0)]
+    kicked = states[:frame] + [s[:k] + (a,) + s[k + 1:] for s, a in zip(states[frame:], after)]
+    return kicked, {"kind": "kick", "frame": frame, "shape": k, "velocity": [vx, vy]}
 
 
 def entries(world: ImageWorld | VideoWorld, i: int, violations: bool) -> Iterator[tuple[str, torch.Tensor, dict]]:

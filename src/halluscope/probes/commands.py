@@ -21,7 +21,7 @@ from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.baselines import make_baselines, parse_baselines, training_marginal
 from halluscope.probes.context import ENCODINGS, context_split, decode_context
 from halluscope.probes.probe import RECORDS, ProbeConfig, run_probe
-from halluscope.probes.recognition import load_pairs, recognition
+from halluscope.probes.recognition import load_pairs, recognition, summary_line
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.report import plot_roc, slug, write_redundancy, write_report
 from halluscope.probes.sample import check_pair, continue_example, load_pair, write_continuations, write_panels
@@ -290,10 +290,12 @@ def probe_command(args: argparse.Namespace) -> int:
 
 def register_recognition(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("probe-recognition",
-                              help="score real clips and their physics-violating twins: NLL gap and ROC AUC")
+                              help="score real clips against their physics-violating twins and lawful controls: "
+                                   "paired accuracy, NLL gap (Wilcoxon), PMI, per frame after the break, ROC AUC")
     p.add_argument("--gpt", action="append", required=True, help="GPT folder; repeat to compare models")
     p.add_argument("--data", help="world folder written with --violations")
-    p.add_argument("--pairs", help='JSONL file of {"real": path, "violation": path} (paths relative to it)')
+    p.add_argument("--pairs", help='JSONL file of {"real": path, "violation": path[, "kind": name, "control": path, '
+                                   '"frame": break frame]} (paths relative to it)')
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one the first GPT names)")
     p.add_argument("--context", type=float, default=0.5,
                    help="fraction shown to the model before scoring; the rest is scored (default 0.5)")
@@ -302,6 +304,9 @@ def register_recognition(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8,
                    help="continuations the GPT draws per pair for the generative two-alternative test (0: skip it)")
     p.add_argument("--seed", type=int, default=0, help="seed of those draws")
+    p.add_argument("--marginal-contexts", type=int, default=8,
+                   help="other pairs' real contexts M over which each continuation's marginal log p(Y) is averaged "
+                        "for the PMI figures (0: skip them; at most pairs - 1 are used)")
     add_encoding(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(func=recognition_command)
@@ -312,6 +317,8 @@ def recognition_command(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.samples < 0:
         raise UserError(f"--samples must be at least 0, got {args.samples}")
+    if args.marginal_contexts < 0:
+        raise UserError(f"--marginal-contexts must be at least 0, got {args.marginal_contexts}")
     models = [load_pair(g, args.tokenizer, args.device) for g in args.gpt]
     tokenizer = models[0][1]
     context_split(tuple(tokenizer.grid), args.context)
@@ -321,16 +328,10 @@ def recognition_command(args: argparse.Namespace) -> int:
     for (gpt, _), name in zip(models, args.gpt):
         check_pair(gpt, tokenizer)  # every GPT is scored with the first one's tokenizer
         records, summary = recognition(gpt, tokenizer, pairs, args.context, args.context_encoding, args.samples,
-                                       args.seed)
+                                       args.seed, args.marginal_contexts)
         summaries[name] = summary
         lines += [{"gpt": name, **r} for r in records]
-        gap, paired, drawn = summary["gap"], summary["paired_accuracy_ci"], summary["generative_accuracy"]
-        generative = (f"; its own samples nearer the real clip {drawn['mean']:.3f} [{drawn['lo']:.3f}, "
-                      f"{drawn['hi']:.3f}]" if drawn["mean"] is not None else "")
-        print(f"{name}: real clip preferred in {paired['mean']:.3f} [{paired['lo']:.3f}, {paired['hi']:.3f}] of "
-              f"{summary['pairs']} pairs (p {paired['p']:.2g}){generative}; AUC {summary['auc']:.3f}, NLL gap "
-              f"{gap['mean']:+.4f} nats/token [{gap['lo']:+.4f}, {gap['hi']:+.4f}]; context tokens differ in "
-              f"{summary['context_differs']:.0%} of pairs ({args.context_encoding} encoding)")
+        print(summary_line(name, summary, args.context_encoding))
     plot_roc({name: [r for r in lines if r["gpt"] == name] for name in args.gpt},
              {name: s["auc"] for name, s in summaries.items()}, out / "roc.png")
     with atomic_path(out / "recognition.jsonl") as tmp:

@@ -73,7 +73,7 @@ def continue_example(gpt: TokenModel, tokenizer: torch.nn.Module, x: torch.Tenso
     `encoding` says; `cond` holds the condition tokens (e.g. the class) of a conditional GPT
     (default: its null condition, where it has one)."""
     check_pair(gpt, tokenizer)
-    device = next(gpt.parameters()).device
+    device = gpt.device
     x = x.to(device)
     truth_tokens = tokenizer.encode(x[None])[0]  # (*grid)
     grid = tuple(truth_tokens.shape)
