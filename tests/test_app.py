@@ -19,6 +19,7 @@ from halluscope.data import ImageWorld, VideoWorld
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt, save_gpt
 from halluscope.gpt.config import preset as gpt_preset
+from halluscope.gpt.llama import LlamaGPT
 from halluscope.gpt.model import GPT
 from halluscope.tokenizers import build_tokenizer, save_tokenizer
 from halluscope.tokenizers import preset as tokenizer_preset
@@ -39,6 +40,13 @@ def make_model(root: Path, kind: str) -> tuple[int, ...]:
     gpt = GPT(gpt_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=math.prod(grid), grid=grid,
                          tokenizer=str(root / kind / "tokenizer")))
     save_gpt(gpt, root / kind / "gpt")
+    if kind == "image":  # a class-conditional Llama-style GPT with a null class, for guidance
+        llama = LlamaGPT(gpt_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=math.prod(grid), grid=grid,
+                                    block="llama", n_cond=1, cond_vocab_size=5, null_cond=4,
+                                    tokenizer=str(root / kind / "tokenizer")))
+        with torch.no_grad():  # sharp logits, so a class or a guidance scale visibly changes the samples
+            llama.head.weight.mul_(30)
+        save_gpt(llama, root / kind / "llama")
     return grid
 
 
@@ -91,7 +99,7 @@ def check_outputs(outputs, samples: int, suffix: str) -> dict:
 
 def test_lists_only_gpt_folders_and_refuses_other_names(server):
     client, root, _ = server
-    assert ModelStore(root / "models").names == ["image/gpt", "video/gpt"]
+    assert ModelStore(root / "models").names == ["image/gpt", "image/llama", "video/gpt"]
     with pytest.raises(UserError, match="unknown model"):
         ModelStore(root / "models").get("../../etc")
     with pytest.raises(AppError, match="not in the list of choices"):  # gradio checks the dropdown itself
@@ -130,6 +138,22 @@ def test_bad_settings_are_readable_errors(server):
         sample(client, "video/gpt", root / "clip.mp4", context=frames)
     with pytest.raises(AppError, match="less than minimum value 0.05"):  # gradio checks its sliders itself
         client.predict("image/gpt", handle_file(str(root / "image.png")), 4, 2, 0.0, 0, 1.0, 0, api_name="/sample")
+
+
+def test_guidance_and_class_reach_a_conditional_model(server):
+    client, root, _ = server
+    guided = client.predict("image/llama", handle_file(str(root / "image.png")), 4, 2, 1.0, 0, 1.0, 7, "visible",
+                            3.0, 2, api_name="/sample")
+    plain = client.predict("image/llama", handle_file(str(root / "image.png")), 4, 2, 1.0, 0, 1.0, 7, "visible",
+                           1.0, 2, api_name="/sample")
+    check_outputs(guided, 2, ".png")
+    assert guided[4] != plain[4]  # the metrics differ: the scale reached the sampler
+    with pytest.raises(AppError, match="cfg_scale 3 needs a GPT with a null condition"):
+        client.predict("image/gpt", handle_file(str(root / "image.png")), 4, 2, 1.0, 0, 1.0, 7, "visible", 3.0,
+                       None, api_name="/sample")
+    with pytest.raises(AppError, match="this GPT is unconditional"):
+        client.predict("image/gpt", handle_file(str(root / "image.png")), 4, 2, 1.0, 0, 1.0, 7, "visible", 1.0,
+                       2, api_name="/sample")
 
 
 def test_example_and_sweep(server):

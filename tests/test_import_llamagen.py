@@ -289,3 +289,11 @@ def test_vq_and_gpt_import_together_and_sample_from_another_folder(tmp_path, mon
     assert main(["sample", "--gpt", "../models/llamagen", "--input", "../photo.png", "--samples", "3", "--cond", "2",
                  "--cfg-scale", "1.5", "--out", "out", "--device", "cpu"]) == 0, capsys.readouterr().err
     assert (elsewhere / "out" / "samples.png").is_file()
+
+    from halluscope.data import ImageWorld, write_world
+    write_world(ImageWorld(size=VQ8["image_size"]), elsewhere / "world", 2)
+    assert main(["probe", "--gpt", "../models/llamagen", "--data", "world", "--context", "0.5", "--samples", "2",
+                 "--cfg-scale", "1,2", "--cond", "3", "--out", "probe", "--no-report", "--device", "cpu"]) == 0
+    from halluscope.io import read_jsonl
+    records = read_jsonl(elsewhere / "probe" / "records.jsonl")
+    assert {r["sampler"] for r in records} == {"llamagen T=1 cond=3", "llamagen T=1 cfg=2 cond=3"}
