@@ -40,14 +40,18 @@ def make_model(root: Path, kind: str) -> tuple[int, ...]:
     gpt = GPT(gpt_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=math.prod(grid), grid=grid,
                          tokenizer=str(root / kind / "tokenizer")))
     save_gpt(gpt, root / kind / "gpt")
-    if kind == "image":  # a class-conditional Llama-style GPT with a null class, for guidance
-        llama = LlamaGPT(gpt_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=math.prod(grid), grid=grid,
-                                    block="llama", n_cond=1, cond_vocab_size=5, null_cond=4,
-                                    tokenizer=str(root / kind / "tokenizer")))
-        with torch.no_grad():  # sharp logits, so a class or a guidance scale visibly changes the samples
-            llama.head.weight.mul_(30)
-        save_gpt(llama, root / kind / "llama")
     return grid
+
+
+def make_llama(root: Path) -> None:
+    """root/image/llama: a class-conditional Llama-style GPT with a null class (for guidance)
+    beside make_model's image GPT, reading its tokenizer."""
+    c = load_gpt(root / "image" / "gpt").config
+    llama = LlamaGPT(gpt_preset("tiny", vocab_size=c.vocab_size, block_size=c.block_size, grid=c.grid,
+                                block="llama", n_cond=1, cond_vocab_size=5, null_cond=4, tokenizer=c.tokenizer))
+    with torch.no_grad():  # sharp logits, so a class or a guidance scale visibly changes the samples
+        llama.head.weight.mul_(30)
+    save_gpt(llama, root / "image" / "llama")
 
 
 def free_port() -> int:
@@ -70,6 +74,7 @@ def serve(root: Path):
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     grids = {kind: make_model(root / "models", kind) for kind in ("image", "video")}
+    make_llama(root / "models")
     ImageWorld(size=32).write(ImageWorld(size=32).example(0)[0], root / "image.png")
     world = VideoWorld(size=32, frames=8)
     world.write(world.example(0)[0], root / "clip.mp4")
