@@ -52,6 +52,29 @@ def test_cached_generation_equals_uncached_on_cuda(backend):
     assert torch.allclose(lp_c, lp_u, atol=1e-4)
 
 
+def test_cuda_graph_decoding_equals_the_eager_cached_path():
+    """generate on CUDA defaults to the static path: its step captured once as a CUDA graph and
+    replayed; the tokens must be those of the eager cached path under the same generator."""
+    from halluscope.gpt.llama import LlamaGPT
+    from halluscope.gpt.static_decode import static_decoder
+
+    torch.manual_seed(0)
+    for model, cond, s in [
+        (GPT(preset("tiny", vocab_size=37, block_size=48)), None, SamplingSettings(top_k=10)),
+        (LlamaGPT(preset("tiny", vocab_size=37, block_size=48, block="llama", n_cond=1, cond_vocab_size=5,
+                         null_cond=4, grid=(6, 8))), torch.tensor([[1], [3]], device="cuda"),
+         SamplingSettings(temperature=0.8, top_p=0.9, cfg_scale=2.0)),
+    ]:
+        model = model.cuda().eval()
+        prefix = torch.randint(0, 37, (2, 12), device="cuda")
+        runs = [model.generate(prefix, 30, 3, s, torch.Generator(device="cuda").manual_seed(3), cond, static=static)
+                for static in (None, False)]
+        assert torch.equal(runs[0][0], runs[1][0])
+        assert torch.allclose(runs[0][1], runs[1][1], atol=1e-4)
+        rows = 6 * (2 if s.guided else 1)
+        assert static_decoder(model, rows, model.config.n_cond + 12 + 30 - 1).graph is not None  # captured, kept
+
+
 def test_backends_agree_in_bf16_training_step():
     """Forward and backward through each usable backend give the same loss and gradients."""
     torch.manual_seed(0)

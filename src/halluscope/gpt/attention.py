@@ -125,6 +125,15 @@ def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).type_as(x)
 
 
+def attend_static(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One new query per row over a whole preallocated cache: q (B, H, 1, D) against k, v
+    (B, H, T_max, D) -> (B, H, 1, D), keys after the 0-dim position tensor `pos` masked. The
+    same shapes at every step, so the step can be captured once and replayed."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, 1, T_max)
+    future = torch.arange(k.shape[2], device=k.device) > pos
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention over a KV cache, for every block family: bias=False
     and a rotation (rotary positions, applied to queries and keys before they are cached) give
@@ -139,21 +148,24 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(config.dropout)
         self.backend = config.attention
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int | torch.Tensor = 0,
                 rotation: torch.Tensor | None = None) -> torch.Tensor:
         # x (B, T, C); with a cache, x holds positions [pos, pos+T) of each row.
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
         if rotation is not None:
             q, k = rotate(q, rotation), rotate(k, rotation)
-        if cache is not None:
-            k_all, v_all = cache.write(layer, torch.stack([k, v]), pos)  # (B, H, pos+T, D) each
-        if cache is not None and pos > 0:
+        if isinstance(pos, torch.Tensor):  # the static-shape decode step: one token at a device-held position
+            y = attend_static(q, *cache.write_at(layer, torch.stack([k, v]), pos), pos)
+        elif cache is not None and pos > 0:
             # Decoding: the new query sees every cached key, so no mask is needed. One token
             # per step keeps this exact; a longer chunk would need an offset causal mask.
             # Every backend decodes the same way: reading the cache is the cost, see attend_decode.
             assert x.shape[1] == 1, "decode one position at a time after the prefill"
+            k_all, v_all = cache.write(layer, torch.stack([k, v]), pos)  # (B, H, pos+1, D) each
             y = attend_decode(q, k_all, v_all, cache.shared, cache.group)
         else:  # training, or a prefill from position 0: causal attention within the chunk
+            if cache is not None:
+                cache.write(layer, torch.stack([k, v]), pos)
             p = self.dropout if self.training else 0.0
             y = attend(q, k, v, causal=True, backend=resolve_backend(self.backend, x.device), dropout=p)
         return self.resid_drop(self.proj(rearrange(y, "b h t d -> b t (h d)")))

@@ -34,12 +34,13 @@ class TokenModel(nn.Module):
         self.config = config
         self.gradient_checkpointing = False  # recompute block activations in backward (training)
 
-    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int) -> torch.Tensor:
-        """(B, T) grid tokens at grid positions [pos, pos+T), preceded by cond (B, n_cond)
-        when given, -> hidden states (B, [n_cond +] T, C)."""
+    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int | torch.Tensor) -> torch.Tensor:
+        """(B, T) grid tokens at grid positions [pos, pos+T) (pos an int, or a 0-dim device
+        tensor in the static decode step), preceded by cond (B, n_cond) when given, -> hidden
+        states (B, [n_cond +] T, C)."""
         raise NotImplementedError
 
-    def rotation(self, start: int, length: int) -> torch.Tensor | None:
+    def rotation(self, start: int | torch.Tensor, length: int) -> torch.Tensor | None:
         """What attention rotates queries and keys by at sequence positions [start, start+length)
         (condition slots first, then the grid), or None for a family without rotary positions."""
         return None
@@ -105,6 +106,17 @@ class TokenModel(nn.Module):
             x = x[:, -1:]
         return self.head(self.ln_f(x))
 
+    def decode_step(self, idx: torch.Tensor, cache: KVCache, seq_pos: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the token after idx (B, 1), which sits at the sequence position held
+        in the 0-dim device tensor `seq_pos` of a prefilled cache: shapes and host values never
+        change from step to step, so the step can be captured once as a CUDA graph and replayed
+        (gpt/static_decode.py). Same arithmetic as forward's decoding, over the whole cache."""
+        x = self.embed(idx, None, seq_pos - self.config.n_cond)  # (B, 1, C)
+        rotation = self.rotation(seq_pos, 1)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, seq_pos, rotation)
+        return self.head(self.ln_f(x))[:, -1]
+
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
         """No dropout, no autograd; the previous train/eval mode is restored afterwards."""
@@ -118,13 +130,13 @@ class TokenModel(nn.Module):
 
     def generate(self, prefix: torch.Tensor, steps: int, num_samples: int = 1,
                  settings: SamplingSettings = SamplingSettings(), generator: torch.Generator | None = None,
-                 cond: torch.Tensor | None = None, use_cache: bool = True,
+                 cond: torch.Tensor | None = None, use_cache: bool = True, static: bool | None = None,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """`num_samples` continuations of `steps` tokens after each prefix row: (tokens, logprobs),
         each (B·N, steps). See `halluscope.gpt.sampling.generate`."""
         with self.inference():
             return sampling.generate(self, prefix, steps, num_samples, settings, generator,
-                                     cond=cond, use_cache=use_cache, progress=progress)
+                                     cond=cond, use_cache=use_cache, static=static, progress=progress)
 
     def score(self, tokens: torch.Tensor, start: int, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Teacher-forced log-probability, entropy and rank of tokens[:, start:], each (B, L-start).

@@ -10,6 +10,9 @@ broadcast to rows b'*N .. b'*N + N-1, so the N samples share the context's keys 
 without the context being recomputed N times. The cache remembers that sharing (`group`
 consecutive rows hold the same first `shared` positions) so that decoding can read those
 keys and values once per group instead of once per row (see `attention.attend_decode`).
+
+`write_at` is the static-shape form of a decode step's write (gpt/static_decode.py): the
+position is a device tensor and every position is returned, so the step's shapes never change.
 """
 
 from __future__ import annotations
@@ -49,3 +52,10 @@ class KVCache:
         slot = self.kv[layer, :, :, :, pos:end]  # (2, B, H, T, D), a view into the cache
         slot.unflatten(1, (b, self.batch // b)).copy_(kv.unsqueeze(2).expand(-1, -1, self.batch // b, -1, -1, -1))
         return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
+
+    def write_at(self, layer: int, kv: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's keys and values kv (2, B, H, 1, D) at the position held in the
+        0-dim tensor `pos`, without reading it on the host; return every position's keys and
+        values, each (B, H, max_len, D) (those past `pos` are stale: the caller masks them)."""
+        self.kv[layer].index_copy_(3, pos.view(1), kv)
+        return self.kv[layer, 0], self.kv[layer, 1]

@@ -60,7 +60,7 @@ class LlamaBlock(nn.Module):
         self.ln2 = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int | torch.Tensor = 0,
                 rotation: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, pos, rotation)
         return x + self.mlp(self.ln2(x))
@@ -104,15 +104,15 @@ class LlamaGPT(TokenModel):
             for proj in (block.attn.proj, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int | torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(idx)  # (B, T, C): positions enter through the rotation alone
         return x if cond is None else torch.cat([self.cond_emb(cond), x], dim=1)
 
-    def rotation(self, start: int, length: int) -> torch.Tensor:
+    def rotation(self, start: int | torch.Tensor, length: int) -> torch.Tensor:
         """(length, D/2, 2) cos and sin of sequence positions [start, start+length): condition
         slots (0, 0), then grid positions turned along each axis."""
         c = self.config
-        seq = torch.arange(start, start + length, device=self.device)
+        seq = start + torch.arange(length, device=self.device)
         grid_pos = (seq - c.n_cond).clamp(min=0)
         coords = torch.stack(torch.unravel_index(grid_pos, self.rope_grid), dim=-1)  # (length, axes)
         freqs = axis_frequencies(c.head_dim, len(self.rope_grid), c.rope_base)

@@ -38,7 +38,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: int | torch.Tensor = 0,
                 rotation: None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, pos)
         return x + self.mlp(self.ln2(x))
@@ -81,18 +81,21 @@ class GPT(TokenModel):
         tables = list(self.pos_emb) if self.config.factorized_pos else [self.pos_emb]
         return tables + ([self.cond_pos] if self.config.n_cond else [])
 
-    def position_embedding(self, pos: int, length: int) -> torch.Tensor:
-        """Embeddings of grid positions [pos, pos+length): (length, C)."""
+    def position_embedding(self, pos: int | torch.Tensor, length: int) -> torch.Tensor:
+        """Embeddings of grid positions [pos, pos+length): (length, C); `pos` may be a 0-dim
+        device tensor (the static decode step), never read on the host."""
+        if not self.config.factorized_pos and not isinstance(pos, torch.Tensor):
+            return self.pos_emb[pos:pos + length]  # a view: training's common case
+        p = pos + torch.arange(length, device=self.tok_emb.weight.device)
         if not self.config.factorized_pos:
-            return self.pos_emb[pos:pos + length]
-        p = torch.arange(pos, pos + length, device=self.pos_emb[0].device)
+            return self.pos_emb[p]
         out, stride = 0, math.prod(self.config.grid)
         for size, table in zip(self.config.grid, self.pos_emb):  # (t,) h, w: outermost axis first
             stride //= size
             out = out + table[(p // stride) % size]
         return out
 
-    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None, pos: int | torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(idx) + self.position_embedding(pos, idx.shape[1])  # (B, T, C)
         if cond is None:
             return x

@@ -22,6 +22,7 @@ from halluscope.deadline import check_time
 from halluscope.device import check_fits
 from halluscope.errors import UserError
 from halluscope.gpt.settings import SamplingSettings
+from halluscope.gpt.static_decode import static_decoder
 
 if TYPE_CHECKING:
     from halluscope.gpt.base import TokenModel
@@ -109,7 +110,7 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
 
 def generate(model: "TokenModel", prefix: torch.Tensor, steps: int, num_samples: int = 1,
              settings: SamplingSettings = SamplingSettings(), generator: torch.Generator | None = None,
-             cond: torch.Tensor | None = None, use_cache: bool = True,
+             cond: torch.Tensor | None = None, use_cache: bool = True, static: bool | None = None,
              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_samples` continuations of `steps` tokens after every prefix row.
 
@@ -119,6 +120,8 @@ def generate(model: "TokenModel", prefix: torch.Tensor, steps: int, num_samples:
     With use_cache (the default) the prefix is run once, written into a KV cache of B·N rows,
     and each step feeds only the newest token. use_cache=False re-runs the whole sequence at
     every step: the slow reference the cached path is tested and benchmarked against.
+    static (default: on CUDA) decodes at static shapes, captured once as a CUDA graph and
+    replayed (gpt/static_decode.py): the same tokens under the same generator.
     Call it through `TokenModel.generate`, which switches off dropout and autograd.
     """
     check_guidance(model, settings)
@@ -146,9 +149,15 @@ def generate(model: "TokenModel", prefix: torch.Tensor, steps: int, num_samples:
     tokens = torch.empty(b * n, steps, dtype=torch.long, device=device)
     logprobs = torch.empty(b * n, steps, device=device)
 
-    cache = model.new_cache(copies * b * n, length + steps - 1) if use_cache else None
+    static = use_cache and (device.type == "cuda" if static is None else static)
+    rows, positions = copies * b * n, model.config.n_cond + length + steps - 1
+    decoder = static_decoder(model, rows, positions) if static else None
+    cache = model.new_cache(rows, length + steps - 1) if use_cache and not static else None
 
     def model_logits(i: int) -> torch.Tensor:  # (copies·B·N, V): the model's distribution of token i
+        if decoder is not None:
+            step = tokens[:, i - 1:i].repeat(copies, 1) if i else None
+            return decoder.prefill(prefix, cond).repeat_interleave(n, 0) if i == 0 else decoder.step(step)
         if not use_cache:
             seq = torch.cat([prefix.repeat_interleave(n, 0), tokens[:, :i].repeat(copies, 1)], dim=1)
             rows_cond = None if cond is None else cond.repeat_interleave(n, 0)
