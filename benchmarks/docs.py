@@ -135,7 +135,12 @@ which re-runs the whole sequence for every new token (what minGPT-style VQGAN-GP
 do). The uncached time is estimated for the long cases (timed for a few steps at several
 lengths across the range, interpolated and summed); for tiny/256 it is also run in full, and
 the note under the table gives the estimate's error. The gap grows with length: the cache
-makes each new token cost O(L) attention instead of a full O(L²) re-run."""),
+makes each new token cost O(L) attention instead of a full O(L²) re-run. The last column is
+the static-shape decode path (`gpt/static_decode.py`, same tokens) against the cached path in
+the same run: the path CUDA runs captured as a graph, here run eagerly. On the CPU it reads the
+whole preallocated cache at every step and skips the shared-prefix attention, so it is no
+faster (up to 1.3× slower at 1024 tokens) and `generate` uses it only on CUDA; its GPU gain
+(fewer kernel launches per step) has not been measured yet: this task had no GPU."""),
     "gpt_training": ("GPT training (quality)", """\
 Writes 2,000 world images (64×64), trains the tiny image tokenizer for a few minutes, tokenizes
 the world, holds out the last 5% and trains the tiny GPT preset (2×64) for a few CPU minutes
