@@ -237,6 +237,8 @@ def training_memory(args: argparse.Namespace, tokenizer: torch.nn.Module, heldou
         train = [e for e in train if e.id in used]
         print(f"--train-data: {len(train)} examples the GPT trained on ({left - len(train)} of its validation split or "
               "not in its token cache left out)")
+    elif args.gpt:
+        print("--train-data: the GPT's token cache does not say which examples it trained on; all of them count")
     if not train:
         raise UserError(f"--train-data {args.train_data} holds no examples")
     memory = Memory(encode_training(train, tokenizer, args.batch, str(args.train_data)), args.copy_threshold)

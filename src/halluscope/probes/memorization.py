@@ -39,7 +39,7 @@ from halluscope.probes.context import cut
 from halluscope.probes.samplers import Example
 from halluscope.probes.stats import RESAMPLES, bootstrap_ci, empty, finite, interval
 
-COPY_THRESHOLD = 0.1  # τ: a continuation with at most 10% of its tokens unlike a training one is a copy
+COPY_THRESHOLD = 0.05  # τ: a continuation with at most 1 token in 20 unlike a training one is a copy
 OBJECT_SHORTLIST = 16  # object distance: the nearest among this many pixel-nearest training continuations
 GROUPS = ("held-out", "training")
 # What the group contrast compares, training examples minus held-out ones (higher = closer to the truth, but nll).
