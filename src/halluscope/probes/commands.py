@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from halluscope.gpt.settings import SamplingSettings
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.baselines import make_baselines, parse_baselines, training_marginal
 from halluscope.probes.context import ENCODINGS, context_split, decode_context
+from halluscope.probes.memorization import COPY_THRESHOLD, Memory, encode_training, group_contrast, trained_ids
 from halluscope.probes.probe import RECORDS, ProbeConfig, run_probe
 from halluscope.probes.recognition import load_pairs, recognition, summary_line
 from halluscope.probes.redundancy import redundancy_curve
@@ -138,6 +140,16 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
                         "e.g. only where the headline figure is read")
     p.add_argument("--train-tokens", help="token cache of the training data, for the marginal baseline and the chance "
                                           "levels (default: the cache the first --gpt was trained on)")
+    p.add_argument("--train-data", help="world or media folder the GPT was trained on: each sample's and the truth's "
+                                        "nearest training continuation, the share of samples that copy one, and a "
+                                        "second group of training examples probed like the held-out ones "
+                                        "(docs/probes.md, Memorization); only the GPT's own training split is used "
+                                        "where its token cache names it")
+    p.add_argument("--train-probe", type=int,
+                   help="training examples probed as the second group (default: as many as held-out examples; 0: none)")
+    p.add_argument("--copy-threshold", type=float, default=COPY_THRESHOLD,
+                   help=f"token Hamming share at or below which a continuation copies a training one "
+                        f"(default {COPY_THRESHOLD})")
     p.add_argument("--target", type=float,
                    help="score only the last fraction of token rows / latent frames, at every context (like-for-like "
                         "comparisons across contexts); default: the whole continuation")
@@ -174,7 +186,8 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 # What a resumed run must share with the run it continues, or its records would not be comparable.
-RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer", "context_encoding", "target", "train_tokens")
+RESUME_KEYS = ("data", "samples", "seed", "batch", "pool", "tokenizer", "context_encoding", "target", "train_tokens",
+               "train_data", "copy_threshold")
 # What runs written before a key existed did; any other key such a run lacks is not compared.
 OLD_DEFAULTS = {"context_encoding": "full"}
 
@@ -203,6 +216,34 @@ def distributed() -> tuple[int, int, Callable[[], None]]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     return torch.distributed.get_rank(), world, torch.distributed.barrier
+
+
+TRAINING_GROUP = "training-group"  # the run folder, inside --out, of the training examples' probe
+
+
+def training_memory(args: argparse.Namespace, tokenizer: torch.nn.Module, heldout: int) \
+        -> tuple[Memory, list, object]:
+    """(the encoded training set, the training examples probed as the second group, the
+    training folder's world or None) for --train-data: only the examples the first GPT
+    trained on when its token cache says which."""
+    if not 0 <= args.copy_threshold < 1:
+        raise UserError(f"--copy-threshold is a share of tokens in [0, 1), got {args.copy_threshold}")
+    if args.train_probe is not None and args.train_probe < 0:
+        raise UserError(f"--train-probe must be at least 0, got {args.train_probe}")
+    train, world = load_examples(args.train_data, tokenizer)
+    used = trained_ids(args.gpt[0]) if args.gpt else None
+    if used is not None and any(e.id in used for e in train):
+        left = len(train)
+        train = [e for e in train if e.id in used]
+        print(f"--train-data: {len(train)} examples the GPT trained on ({left - len(train)} of its validation split or "
+              "not in its token cache left out)")
+    elif args.gpt:
+        print("--train-data: the GPT's token cache does not say which examples it trained on; all of them count")
+    if not train:
+        raise UserError(f"--train-data {args.train_data} holds no examples")
+    memory = Memory(encode_training(train, tokenizer, args.batch, str(args.train_data)), args.copy_threshold)
+    count = heldout if args.train_probe is None else args.train_probe
+    return memory, train[:count], world
 
 
 def probe_command(args: argparse.Namespace) -> int:
@@ -247,13 +288,16 @@ def probe_command(args: argparse.Namespace) -> int:
     if set(baselines_at) - set(args.context):
         raise UserError(f"--baselines-at {','.join(map(str, baselines_at))} must be among --context "
                         f"{','.join(map(str, args.context))}")
+    memory, train_examples, train_world = training_memory(args, tokenizer, len(examples)) if args.train_data else (None, [], None)
     rank, ranks, barrier = distributed()
     out = Path(args.out)
     info = {"data": str(args.data), "tokenizer": str(tokenizer_dir), "gpt": [str(g) for g in args.gpt],
             "oracle": args.oracle, "contexts": args.context, "context_encoding": args.context_encoding,
             "samples": args.samples, "seed": args.seed, "batch": args.batch, "pool": args.pool,
             "samplers": [s.name for s in samplers], "examples": len(examples), "baselines": baselines,
-            "train_tokens": train_tokens, "target": args.target, "baselines_at": baselines_at}
+            "train_tokens": train_tokens, "target": args.target, "baselines_at": baselines_at,
+            **({"train_data": str(args.train_data), "copy_threshold": args.copy_threshold,
+                "train_examples": len(memory.train.ids), "train_probe": len(train_examples)} if memory else {})}
     check_run_folder(out, info, args.resume)
     barrier()  # every rank has seen the folder as it was before rank 0 writes into it
     if rank == 0:
@@ -269,14 +313,26 @@ def probe_command(args: argparse.Namespace) -> int:
     config = ProbeConfig(contexts=args.context, samples=args.samples, seed=args.seed, batch=args.batch, pool=args.pool,
                          encoding=args.context_encoding, target=args.target,
                          marginal=None if marginal is None else marginal.to(args.device),
-                         only_at={s.name: list(baselines_at) for s in made})
+                         only_at={s.name: list(baselines_at) for s in made}, memory=memory)
     records = run_probe(examples, tokenizer, samplers, config, out, resume=args.resume, on_samples=keep_grid,
                         shard=(rank, ranks), barrier=barrier)
+    runs, both = [out], list(records)
+    if train_examples:  # the second group: training examples, probed by the same samplers
+        group = [s for s in samplers if s not in made and not isinstance(s, OracleSampler)]
+        if args.oracle and train_world is not None:
+            group.append(OracleSampler(train_world, tokenizer))
+        group += make_baselines(baselines, group, train_examples, tokenizer, marginal, args.context_encoding)
+        runs.append(out / TRAINING_GROUP)
+        both += run_probe(train_examples, tokenizer, group, replace(config, memory=replace(memory, group="training")),
+                             runs[-1], resume=args.resume, shard=(rank, ranks), barrier=barrier)
+        if rank == 0:
+            write_json(out / "memorization.json", {"threshold": args.copy_threshold, "training": memory.train.source,
+                                                   "contrast": group_contrast(both)})
     if ranks > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return 0
-    report = write_report([out], out, info, records=records) if args.report else "no report.html (--no-report)"
+    report = write_report(runs, out, info, records=both) if args.report else "no report.html (--no-report)"
     for context in args.context:
         leaks = [r["metrics"]["context_leak"] for r in records if r["context"] == context
                  and r["metrics"]["context_leak"] is not None]  # null: one example, nothing to swap in

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from halluscope.io import atomic_path, read_jsonl, write_json
 from halluscope.probes import calibration, metrics, objects, skill
+from halluscope.probes.memorization import Memory, memorization_metrics
 from halluscope.probes.context import context_leak, context_split, cut, encode_context
 from halluscope.probes.redundancy import redundancy_curve
 from halluscope.probes.samplers import Example, GPTSampler, Sampler
@@ -53,6 +54,7 @@ class ProbeConfig:
     target: float | None = None  # score only the last `target` of rows / latent frames (probes/target.py)
     marginal: torch.Tensor | None = None  # (L, V) training tokens' per-position marginal: the chance levels
     only_at: dict[str, list[float]] = field(default_factory=dict)  # sampler name -> its contexts (default: all)
+    memory: Memory | None = None  # the training set the memorization figures compare with (probes/memorization.py)
 
 
 @dataclass
@@ -167,6 +169,10 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     out.update(calibration.ensemble_metrics(truth.recon_features[:, n_start:], feats, calibration.RMS, "features", rng))
     out["feature_diversity"] = metrics.pairwise_mse(feats)
     out["vendi"] = metrics.vendi_score(feats)
+    if config is not None and config.memory is not None:  # row 0 the truth's reconstruction, then the samples
+        out.update(memorization_metrics(torch.cat([target[None], drawn]), torch.cat([recon[None], region]),
+                                        torch.cat([truth.recon_features[None, :, n_start:], feats]), start,
+                                        config.memory, example.id if example is not None else None))
     pool = torch.stack([cut(o.pixels, grid, start) for o in others]) if others else region[:0]
     out["retrieval"] = metrics.retrieval_rate(raw, region, pool)
     out["retrieval_chance"] = 1 / (len(pool) + 1) if len(pool) else float("nan")
@@ -227,7 +233,8 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
                 record = {"example": examples[k].id, "index": k, "kind": tokenizer.kind, "context": context,
                           "context_encoding": config.encoding, "target": config.target, "samples": config.samples,
                           "sampler": sampler.name, **sampler.settings, "seed": seed,
-                          "metrics": {m: clean(v) for m, v in values.items()}}
+                          "metrics": {m: clean(v) for m, v in values.items()},
+                          **({"group": config.memory.group} if config.memory else {})}
                 if examples[k].id in getattr(sampler, "stats", {}):  # e.g. the oracle's acceptance rate
                     record["sampler_stats"] = sampler.stats[examples[k].id]
                 if entropy is not None:
@@ -316,6 +323,7 @@ def summarize(records: list[dict]) -> list[dict]:
         rows.append({"kind": kind, "sampler": sampler, "context": context, "target": rs[0].get("target"),
                      "context_encoding": rs[0].get("context_encoding", "full"),  # older records: full
                      "examples": len(rs), "settings": settings, "plain": plain(settings),
+                     **({"group": rs[0]["group"]} if "group" in rs[0] else {}),
                      "metrics": dict(sorted(stats.items())), "rank_histograms": histograms,
                      **({"sampler_notes": notes} if notes else {})})
     skill.compare(rows, records)

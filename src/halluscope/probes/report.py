@@ -18,6 +18,7 @@ import numpy as np
 
 from halluscope.errors import UserError
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
+from halluscope.probes.memorization import GROUPS, group_contrast
 from halluscope.probes.probe import RECORDS, SUMMARY_JSON
 from halluscope.probes.recognition import roc_curve
 from halluscope.probes.skill import BASELINES, JOINT, MARGIN
@@ -73,6 +74,10 @@ GAIN_COLUMNS = [f"context_gain_{m}" for m in ["energy_objects", "objects_invente
                                               "energy_pixels", "chance_corrected_match"]]
 SUMMARY_COLUMNS = ["match_mean", "match_best", "exact_rate", "floor_rate", "diversity", "recon_psnr_best", "vendi",
                    "retrieval", "nll_truth", "typicality_gap"]
+# Memorization against the training set (probes/memorization.py): samples' level beside the truth's.
+MEMORIZATION_COLUMNS = ["train_copy", "train_copy_truth", "train_copy_excess", "train_closer", "train_tokens_nearest",
+                        "train_tokens_truth", "train_pixels_nearest", "train_pixels_truth", "train_features_nearest",
+                        "train_features_truth", "train_objects_nearest", "train_objects_truth"]
 MEDIA = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
@@ -217,7 +222,8 @@ def summary_table(rows: list[dict], columns: list[str], verdicts: bool = False) 
                                                            *heads])
 
     def cells(r: dict) -> str:
-        out = "".join(f"<td>{html.escape(str(v))}</td>" for v in (r["run"], r["kind"], r["sampler"], r["context"],
+        run = f"{r['run']} ({r['group']})" if r.get("group") else r["run"]  # held-out or training examples
+        out = "".join(f"<td>{html.escape(str(v))}</td>" for v in (run, r["kind"], r["sampler"], r["context"],
                                                                   describe(r.get("target")), r["examples"]))
         for c in columns:
             out += f"<td>{fmt(r['metrics'].get(c), interval=not c.endswith('_p'))}</td>"
@@ -288,6 +294,41 @@ def leak_table(rows: list[dict]) -> str:
             f"new to it).</p><table><tr>{head}</tr>{''.join(body)}</table>")
 
 
+def contrast_table(contrast: list[dict]) -> str:
+    """Per sampler and context: each contrast metric in the training and the held-out group and
+    their difference (training − held-out) with its unpaired interval and Mann–Whitney p."""
+    metrics = sorted({m for row in contrast for m in row["metrics"]})
+    if not metrics:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["kind", "sampler", "context", "examples (training / held-out)",
+                                                           *[f"{m}: {g}" for m in metrics for g in
+                                                             (*GROUPS[::-1], "difference")]])
+    body = ""
+    for row in contrast:
+        cells = [row["kind"], row["sampler"], row["context"], " / ".join(str(row["examples"][g]) for g in GROUPS[::-1])]
+        body += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "".join(
+            f"<td>{fmt(row['metrics'].get(m, {}).get(g))}</td>" for m in metrics for g in (*GROUPS[::-1], "difference"))
+        body += "</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def memorization_section(rows: list[dict], records: list[dict]) -> str:
+    """The memorization figures of every group, then the training group against the held-out one."""
+    table = summary_table([r for r in rows if "train_copy" in r["metrics"]], MEMORIZATION_COLUMNS)
+    contrast = contrast_table(group_contrast(records))
+    text = ("Each continuation against the continuation of every training example at the same positions: "
+            "train_*_nearest, the samples' mean distance to their nearest one (tokens: Hamming share; pixels and "
+            "features: MSE of decodings; objects: GOSPA per frame), train_*_truth the truth's. train_copy: the share "
+            "of samples within the copy threshold (tokens) of a training continuation; train_copy_truth, the same "
+            "of the truth: the level a repetitive world gives without any copying (the oracle's copy share is that "
+            "level in expectation). In the training group each example's own entry is left out.")
+    if contrast:
+        table += ("<p>Memorized against novel contexts: the same sampler on training examples and on held-out "
+                  "ones; difference = training − held-out, with its bootstrap interval and Mann–Whitney p.</p>"
+                  + contrast)
+    return section("Memorization: copies of the training set", text, table)
+
+
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None,
                  verdict: dict | None = None, records: list[dict] | None = None) -> Path:
     """Plots (out/plots/*.png) and out/report.html for one or more run folders (e.g. an image
@@ -346,6 +387,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                       "another example's context); an interval [−∞, ∞]: the data cannot tell the oracle from b. "
                       "context_effect_m = m(sampler) − m(its shuffled twin), with the Wilcoxon signed-rank p.",
                       summary_table(rows, SKILL_COLUMNS)),
+              memorization_section(rows, records),
               section("Calibration: plain sampling (temperature 1, no top-k / top-p)",
                       "Verdicts come only from distances that see joint structure (pixels, features, objects): "
                       f"<b>calibrated</b> when R's 95% interval lies inside [{MARGIN[0]:g}, {MARGIN[1]:g}], "
