@@ -143,6 +143,23 @@ def gpt_train_config(gpt_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def training_split(gpt_dir: str | os.PathLike) -> tuple[TokenCache, TokenBatches] | None:
+    """The token cache train-gpt trained the GPT in `gpt_dir` on and its own train / validation
+    split, or None when its training config or cache is not there; a UserError only when the
+    config names a cache that is missing (`recorded`: the path as written, relative to where
+    train-gpt ran, else to the run folder)."""
+    config = gpt_train_config(gpt_dir)
+    if config is None:
+        return None
+    spec = read_json(config, "GPT training config")
+    recorded = Path(spec["tokens"])
+    path = recorded if recorded.is_absolute() or recorded.exists() else config.parent / recorded
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(f"{config} says the GPT trained on {recorded}, which is not there")
+    cache = TokenCache(path)
+    return cache, TokenBatches(cache, spec.get("val_fraction", 0.05), spec.get("seed", 0))
+
+
 def training_marginal(tokenizer: torch.nn.Module, train_tokens: str | os.PathLike | None = None,
                       gpt_dir: str | os.PathLike | None = None, required: bool = False) \
         -> tuple[torch.Tensor, str] | None:
@@ -154,20 +171,17 @@ def training_marginal(tokenizer: torch.nn.Module, train_tokens: str | os.PathLik
         cache = TokenCache(train_tokens)
         check_cache(cache, tokenizer)
         return token_marginal(cache.sequences(), cache.vocab_size), str(train_tokens)
-    config = gpt_train_config(gpt_dir) if gpt_dir is not None else None
-    if config is None:
-        return None
-    spec = read_json(config, "GPT training config")
-    recorded = Path(spec["tokens"])
-    path = recorded if recorded.is_absolute() or recorded.exists() else config.parent / recorded
-    if not (path / "manifest.json").is_file():
+    try:
+        found = training_split(gpt_dir) if gpt_dir is not None else None
+    except FileNotFoundError as e:
         if not required:
             return None
-        raise UserError(f"{config} says the GPT trained on {recorded}, which is not there; pass --train-tokens CACHE")
-    cache = TokenCache(path)
+        raise UserError(f"{e}; pass --train-tokens CACHE") from None
+    if found is None:
+        return None
+    cache, split = found
     check_cache(cache, tokenizer)
-    split = TokenBatches(cache, spec.get("val_fraction", 0.05), spec.get("seed", 0))  # the GPT's own split
-    return token_marginal(split.train, cache.vocab_size), str(path)
+    return token_marginal(split.train, cache.vocab_size), str(cache.path)
 
 
 def check_cache(cache: TokenCache, tokenizer: torch.nn.Module) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,11 +29,8 @@ from scipy import stats
 from tqdm import tqdm
 
 from halluscope.data.shapes import radius_range
-from halluscope.data.token_cache import TokenCache
-from halluscope.gpt.train import TokenBatches
-from halluscope.io import read_json
 from halluscope.probes import objects
-from halluscope.probes.baselines import gpt_train_config
+from halluscope.probes.baselines import training_split
 from halluscope.probes.context import cut
 from halluscope.probes.samplers import Example
 from halluscope.probes.stats import RESAMPLES, bootstrap_ci, empty, finite, interval
@@ -96,16 +92,13 @@ def trained_ids(gpt_dir: str | os.PathLike) -> set[str] | None:
     """The sources of the examples train-gpt actually trained the GPT in `gpt_dir` on (its
     token cache's training split, the held-out validation split left out), or None when its
     training config or cache is not there."""
-    config = gpt_train_config(gpt_dir)
-    if config is None:
+    try:
+        found = training_split(gpt_dir)
+    except FileNotFoundError:
         return None
-    spec = read_json(config, "GPT training config")
-    recorded = Path(spec["tokens"])
-    path = recorded if recorded.is_absolute() or recorded.exists() else config.parent / recorded
-    if not (path / "manifest.json").is_file():
+    if found is None:
         return None
-    cache = TokenCache(path)
-    split = TokenBatches(cache, spec.get("val_fraction", 0.05), spec.get("seed", 0))  # the GPT's own split
+    cache, split = found
     return set(cache.sources[:len(split.train)])
 
 
