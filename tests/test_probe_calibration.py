@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from probe_helpers import PatchTokenizer, one_thread  # noqa: F401 (autouse fixture)
+from scipy.special import logsumexp
 
 from halluscope.data import VideoWorld
 from halluscope.gpt.config import preset
@@ -169,23 +170,35 @@ def test_redundancy_curve_known_values(tmp_path):
     torch.manual_seed(0)
     still = torch.rand(5, 3, 1, 16, 16).mul(2).sub(1).expand(-1, -1, 4, -1, -1)  # every frame the same
     examples = [Example(str(i), x) for i, x in enumerate(still)]
-    curve = redundancy_curve(CopyModel(64, 16), tokenizer, examples, [0.25, 0.5, 0.75], fps=8)
+    world = VideoWorld(size=16, frames=4, randomness=0.0)
+    curve = redundancy_curve(CopyModel(64, 16), tokenizer, examples, [0.25, 0.5, 0.75], fps=8, world=world)
     assert [(r["context"], r["context_units"], r["target_units"]) for r in curve] == \
         [(0.0, 0, 4), (0.25, 1, 3), (0.5, 2, 2), (0.75, 3, 1)]
     h, h_repeat = 6.0, -np.log2(0.9)  # bits per token: uniform over 64 codes; repeated with probability 0.9
+    frame = tokenizer.encode(still)[:, 0].flatten(1)  # (5, 16): each clip's one frame
+    # Y_i's first frame given clip j's context: each token repeats j's last frame's (0.9) or not
+    first = np.where((frame[:, None] == frame[None]).numpy(), h_repeat, -np.log2(0.1 / 63)).sum(-1)  # (5, 5) bits
     for r in curve:
         k, scored = r["context_units"], r["tokens_scored"]
-        assert scored == (4 - k) * 16 - 1  # Y_k's first token is left out
-        # alone, Y_k's first frame is uniform; given C_k (k >= 1) every scored token has the frame before it
-        alone = (15 * h + (scored - 15) * h_repeat) / scored
-        given = h_repeat if k else alone
+        assert r["marginal_contexts"] == 4 and [s["contexts"] for s in r["by_marginal_contexts"]] == [1, 2, 4]
+        if k == 0:  # no context: the first token cannot be scored; H(Y | C) is H(Y)
+            assert scored == 63
+            given = marginal = (15 * h + 48 * h_repeat) / scored
+        else:  # Y_k in place: all its tokens repeat the frame before; the marginal mixes the 4 other contexts
+            assert scored == (4 - k) * 16
+            given = h_repeat
+            others = first[~np.eye(5, dtype=bool)].reshape(5, 4) + (3 - k) * 16 * h_repeat  # (5, 4) bits
+            marginal = np.mean(-(logsumexp(-others * np.log(2), axis=1) - np.log(4)) / np.log(2)) / scored
         assert r["entropy_bits_per_token"]["mean"] == pytest.approx(given)
-        assert r["marginal_bits_per_token"]["mean"] == pytest.approx(alone)
-        assert r["redundancy"]["mean"] == pytest.approx(1 - given / alone)
-        assert r["information_bits_per_token"]["mean"] == pytest.approx(alone - given)
-        assert r["information_bits_per_pixel"]["mean"] == pytest.approx((alone - given) * 64 / (16 * 16 * 4))
-        assert r["information_bits_per_second"]["mean"] == pytest.approx((alone - given) * 64 / (4 / 8))
-    assert curve[0]["redundancy"]["mean"] == pytest.approx(0) and curve[3]["redundancy"]["mean"] == \
-        pytest.approx(1 - h_repeat / h)  # one frame to go, fixed by the one before it
+        assert r["marginal_bits_per_token"]["mean"] == pytest.approx(marginal)
+        assert r["redundancy"]["mean"] == pytest.approx(1 - given / marginal)
+        assert r["by_marginal_contexts"][-1]["redundancy"] == r["redundancy"]
+        assert r["information_bits_per_token"]["mean"] == pytest.approx(marginal - given)
+        assert r["information_bits_per_pixel"]["mean"] == pytest.approx((marginal - given) * 64 / (16 * 16 * 4))
+        assert r["information_bits_per_second"]["mean"] == pytest.approx((marginal - given) * 64 / (4 / 8))
+        assert r["world_redundancy"] == (1.0 if k else 0.0)  # the world's: fixed by the state, or no context
+    assert curve[0]["redundancy"]["mean"] == pytest.approx(0) and curve[3]["redundancy"]["mean"] > 0.9
+    alone = redundancy_curve(CopyModel(64, 16), tokenizer, examples[:1], [0.5])  # no other context to draw
+    assert alone[1]["marginal_contexts"] == 0 and alone[1]["redundancy"]["mean"] is None
     paths = write_redundancy({"clip": curve, "image": curve}, tmp_path)
     assert [p.name for p in paths] == ["redundancy.json", "redundancy.png"] and paths[1].stat().st_size > 1000

@@ -255,6 +255,13 @@ def test_probe_redundancy_puts_images_and_clips_on_one_figure(tmp_path, capsys):
     assert [r["context"] for r in curves["video: gpt-video"]] == [0.0, 0.25, 0.5]
     assert "information_bits_per_second" in curves["video: gpt-video"][1]  # the world knows its fps
     assert "information_bits_per_second" not in curves["image: gpt-image"][1]
-    assert "R(k)" in capsys.readouterr().out
+    image_curve = curves["image: gpt-image"]
+    assert [r["world_redundancy"] for r in image_curve] == [0.0, None, 0.0]  # the independent halves at ½
+    assert [s["contexts"] for s in image_curve[2]["by_marginal_contexts"]] == [1]  # 2 examples: 1 other context
+    printed = capsys.readouterr().out
+    assert "R(k)" in printed and "(by M 1: " in printed and "world's R 0.000" in printed
     assert main(["probe-redundancy", "--gpt", str(image), "--data", "a", "--data", "b", "--out", str(out)]) == 2
     assert "one --data per --gpt" in capsys.readouterr().err
+    assert main(["probe-redundancy", "--gpt", str(image), "--data", str(tmp_path / "images"), "--marginal-contexts",
+                 "0", "--out", str(out)]) == 2
+    assert "--marginal-contexts must be at least 1" in capsys.readouterr().err

@@ -398,13 +398,19 @@ def recognition_command(args: argparse.Namespace) -> int:
 
 def register_redundancy(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("probe-redundancy",
-                              help="teacher-forced redundancy curve I(C_k; Y), R(k) of one or more GPTs (e.g. an "
-                                   "image GPT and a clip GPT), on one figure")
+                              help="teacher-forced redundancy curve of one or more GPTs (e.g. an image GPT and a clip "
+                                   "GPT) on one figure: for each context C_k, Y_k is every token after it, scored in "
+                                   "place given C_k (H(Y_k|C_k)) and given M other examples' contexts (H(Y_k), the "
+                                   "model's marginal by log-mean-exp); R(k) = 1 - H(Y_k|C_k)/H(Y_k), with the world's "
+                                   "true R where it knows it")
     p.add_argument("--gpt", action="append", required=True, help="GPT folder (its config names its tokenizer); repeat")
     p.add_argument("--data", action="append", required=True,
                    help="world or media folder for the GPT given at the same place; repeat as often as --gpt")
     p.add_argument("--context", type=parse_floats, default=[0.25, 0.5, 0.75],
-                   help="context fractions; Y is what follows the largest (default 0.25,0.5,0.75)")
+                   help="context fractions, one point each (and 0: none); default 0.25,0.5,0.75")
+    p.add_argument("--marginal-contexts", type=int, default=16, metavar="M",
+                   help="at most M other examples' contexts estimate each Y_k's marginal (at most examples - 1); "
+                        "the curve also reports M = 1, 2, 4, ... to show whether it has converged (default 16)")
     p.add_argument("--limit", type=int, help="use only the first N examples of each folder")
     p.add_argument("--fps", type=float, help="frame rate of media clips, for bits per second (worlds know theirs)")
     p.add_argument("--out", required=True, help="folder for redundancy.json and redundancy.png")
@@ -416,17 +422,28 @@ def register_redundancy(subparsers: argparse._SubParsersAction) -> None:
 def redundancy_command(args: argparse.Namespace) -> int:
     if len(args.gpt) != len(args.data):
         raise UserError(f"give one --data per --gpt ({len(args.gpt)} --gpt, {len(args.data)} --data)")
+    if args.marginal_contexts < 1:
+        raise UserError(f"--marginal-contexts must be at least 1, got {args.marginal_contexts}")
     curves = {}
     for gpt_dir, data in zip(args.gpt, args.data):
         gpt, tokenizer = load_pair(gpt_dir, device=args.device)
-        examples, _ = load_examples(data, tokenizer, args.limit)
+        examples, world = load_examples(data, tokenizer, args.limit)
         fps = (examples[0].meta or {}).get("fps", args.fps)
         label = f"{tokenizer.kind}: {Path(gpt_dir).name}"
         curves[label] = curve = redundancy_curve(gpt, tokenizer, examples, args.context, fps,
-                                                 encoding=args.context_encoding)
+                                                 encoding=args.context_encoding, world=world,
+                                                 max_contexts=args.marginal_contexts)
         for row in curve:
-            print(f"{label} context {row['context']:g}: R(k) {row['redundancy']['mean']:.3f}, "
-                  f"I {row['information_bits_per_token']['mean']:.3f} bits/token, "
-                  f"{row['information_bits_per_pixel']['mean']:.4f} bits/pixel")
+            by_m = ", ".join(f"{step['contexts']}: {as_text(step['redundancy']['mean'])}"
+                             for step in row["by_marginal_contexts"])
+            known = f", world's R {as_text(row['world_redundancy'])}" if "world_redundancy" in row else ""
+            print(f"{label} context {row['context']:g}: R(k) {as_text(row['redundancy']['mean'])} (by M {by_m})"
+                  f"{known}, "
+                  f"I {as_text(row['information_bits_per_token']['mean'])} bits/token, "
+                  f"{as_text(row['information_bits_per_pixel']['mean'], 4)} bits/pixel")
     print(" ".join(str(p) for p in write_redundancy(curves, args.out)))
     return 0
+
+
+def as_text(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"

@@ -33,7 +33,7 @@ from halluscope.probes import calibration, metrics, objects, skill
 from halluscope.probes.memorization import Memory, memorization_metrics
 from halluscope.probes.context import context_leak, context_split, cut, encode_context
 from halluscope.probes.redundancy import redundancy_curve
-from halluscope.probes.samplers import Example, GPTSampler, Sampler
+from halluscope.probes.samplers import Example, GPTSampler, OracleSampler, Sampler
 from halluscope.probes.stats import bootstrap_ci, rank_histogram, ratio_ci
 from halluscope.probes.target import describe, scored_split
 
@@ -254,7 +254,9 @@ def run_probe(examples: list[Example], tokenizer: torch.nn.Module, samplers: lis
     if config.redundancy and examples:
         fps = (examples[0].meta or {}).get("fps")  # world clips know their frame rate
         gpts = {s.label: s.gpt for s in samplers if isinstance(s, GPTSampler)}
-        curves = {label: redundancy_curve(gpt, tokenizer, examples, config.contexts, fps, config.batch, config.encoding)
+        world = next((s.world for s in samplers if isinstance(s, OracleSampler)), None)  # its true R beside the GPT's
+        curves = {label: redundancy_curve(gpt, tokenizer, examples, config.contexts, fps, config.batch, config.encoding,
+                                          world)
                   for label, gpt in gpts.items()}
     write_summary(records, out, curves)
     return records

@@ -416,20 +416,36 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
 
 
 def plot_redundancy(curves: dict[str, list[dict]], path: str | os.PathLike) -> Path:
-    """R(k) and I(C_k; Y) in bits per pixel against the context fraction, one line (with its
-    95% band) per curve, e.g. {"image": ..., "clip": ...}: modalities with different
-    tokenizers on one scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    """R(k) (with the world's true R as stars where it is known) and I(C_k; Y) in bits per
+    pixel against the context fraction, one line (with its 95% band) per curve, e.g.
+    {"image": ..., "clip": ...}: modalities with different tokenizers on one scale; and R
+    against M, the other contexts its marginal mixes, one line per curve and context."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, key, label in [(axes[0], "redundancy", "redundancy R(k) = 1 − H(Y|C_k)/H(Y)"),
                            (axes[1], "information_bits_per_pixel", "I(C_k; Y), bits per pixel")]:
         for name, rows in sorted(curves.items()):
             x = [r["context"] for r in rows]
-            ax.plot(x, values(rows, key, "mean"), marker="o", label=name)
+            line, = ax.plot(x, values(rows, key, "mean"), marker="o", label=name)
             ax.fill_between(x, values(rows, key, "lo"), values(rows, key, "hi"), alpha=0.2)
+            known = [(r["context"], r["world_redundancy"]) for r in rows if r.get("world_redundancy") is not None]
+            if key == "redundancy" and known:
+                ax.scatter(*zip(*known), marker="*", s=90, color=line.get_color(), label=f"{name}: the world's")
         ax.set_xlabel("context fraction (0 = none)")
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    for name, rows in sorted(curves.items()):
+        for r in rows:
+            steps = r.get("by_marginal_contexts", [])
+            if r["context"] > 0 and steps:
+                axes[2].plot([s["contexts"] for s in steps], values(steps, "redundancy", "mean"), marker=".",
+                             label=f"{name}, context {r['context']:g}")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_xlabel("M, other contexts in H(Y)'s marginal")
+    axes[2].set_ylabel("R(k) (falls towards the model's as M grows)", fontsize=8)
+    axes[2].grid(alpha=0.3)
+    if axes[2].lines:
+        axes[2].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, Path(path))
 
