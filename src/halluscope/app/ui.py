@@ -68,7 +68,7 @@ def sampling_settings(samples: float, temperature: float, top_k: float | None, t
                       label: float | None = None) -> inference.Settings:
     """The page's sampling widgets as checked Settings (numbers arrive as floats, empty as None)."""
     settings = inference.Settings(int(samples), float(temperature), int(top_k or 0), float(top_p), int(seed or 0),
-                                  encoding, float(cfg_scale), None if label is None else int(label))
+                                  encoding, float(cfg_scale), None if label is None or label < 0 else int(label))
     settings.check()
     return settings
 
@@ -173,7 +173,9 @@ def build(store: ModelStore, cache: str | os.PathLike, time_budget: float | None
                     cfg_scale = gr.Slider(0.0, 10.0, value=1.0, step=0.25, label="guidance scale (1: off)",
                                           info="classifier-free guidance; needs a class-conditional GPT with a null "
                                                "class (LlamaGen)")
-                    label = gr.Number(None, label="class (empty: unconditional)", precision=0, minimum=0)
+                    # -1, not empty: the page's number box cannot stay empty (it sends 0, a real class).
+                    label = gr.Number(-1, label="class (-1: none, the model's null condition)", precision=0,
+                                      minimum=-1)
                 with gr.Row():
                     run = gr.Button("Sample", variant="primary", elem_id="sample")
                     sweep = gr.Button("Sweep context", elem_id="sweep")
