@@ -94,8 +94,9 @@ def test_report_compares_image_and_clip_runs(tmp_path):
     html = write_report([tmp_path / "run-img", tmp_path / "run-vid"], tmp_path / "both").read_text()
     assert not (tmp_path / "both" / "plots" / "diversity.png").exists()  # one context: a dot, not a curve
     # objects, known answers, context leak, chance, calibration and full tables: header + 2 rows each (no
-    # baselines: no skill table); the oracle has no entropies; the object figures lead
-    assert html.count("<tr>") == 18 and "entropy_maps" not in html and "rank_histograms" in html
+    # baselines: no skill table), and detection's header + (image, video) × (0.5, all) × (object, feature
+    # labels); the oracle has no entropies; the object figures lead
+    assert html.count("<tr>") == 18 + 9 and "entropy_maps" not in html and "rank_histograms" in html
     assert html.index("Objects: hallucination") < html.index("Known answers") < html.index("Against chance") \
         < html.index("Calibration")
     assert "sampler_acceptance" in html and "the halves are drawn independently" in html

@@ -175,11 +175,12 @@ def test_foreground_tokens_and_object_metrics_on_a_clip():
     tokens = objects.foreground_tokens(x, (4, 4, 4))
     assert tokens.shape == (4, 4, 4) and tokens.any() and not tokens.all()
     rng = np.random.default_rng(0)
-    exact = objects.object_metrics(x[:, 2:], x[None, :, 2:].expand(3, -1, -1, -1, -1), x[:, 2:], rng)
+    same = x[None, :, 2:].expand(3, -1, -1, -1, -1)
+    exact = objects.object_metrics(objects.segment_members(x[:, 2:], same, x[:, 2:]), rng)
     assert exact["objects_invented"] == exact["objects_dropped"] == exact["objects_position_error"] == 0
     assert exact["energy_objects"] == 0 and exact["objects_truth"] >= 1
     still = x[:, 1:2].expand(-1, 2, -1, -1)[None]  # the last context frame, repeated
-    moved = objects.object_metrics(x[:, 2:], still, x[:, 2:], rng)
+    moved = objects.object_metrics(objects.segment_members(x[:, 2:], still, x[:, 2:]), rng)
     assert moved["objects_position_error"] > 0 and moved["skill_objects"] > 0
 
 

@@ -96,7 +96,7 @@ def demo_command(args: argparse.Namespace) -> int:
         size = dataclasses.replace(size, heldout=args.heldout)
     t0 = time.perf_counter()
     result = run_demo(out, size, args.seeds)
-    print(f"\n{result['table']}\n\n{result['verdict']}\n")
+    print(f"\n{result['table']}\n\n{result['detection']}\n\n{result['verdict']}\n")
     print(f"report: {result['report']}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s. Try the models interactively: halluscope app --models {out}")
     return 0
@@ -193,6 +193,7 @@ def run_demo(out: Path, size: DemoSize, seeds: int = 1) -> dict:
                        "GPT val loss (nats/token)": last_logged(f["gpt"], "val_loss")}
                 for name, f in trained.items()}
     return {"table": format_table(rows, training), "verdict": f"{result['line']}\n{result['clip_against_oracle']}",
+            "detection": detection_table(runs[:2]),
             "outcome": result["outcome"], "rows": rows,
             "training": training, "report": out / "report" / "report.html"}
 
@@ -256,3 +257,24 @@ def format_table(rows: list[dict], training: dict) -> str:
     for name, values in training.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v:.3g}" for k, v in values.items()))
     return "\n".join(lines)
+
+
+# Semantic entropy and disagreement beside the likelihood baselines (probes/detection.py).
+DETECTION_SCORES = ("semantic_entropy", "object_disagreement", "token_disagreement", "length_normalised_entropy",
+                    "answer_nll", "answer_objects")
+
+
+def detection_table(runs: list[Path]) -> str:
+    """A markdown table per modality (image run, clip run) of the GPT's and the oracle's
+    detection on object labels over every context: the answers' error rate and each score's
+    AUROC [95% interval over examples] at predicting a hallucinating answer (0.5 = chance)."""
+    names = ["modality", "sampler", "error rate", *DETECTION_SCORES]
+    lines = ["Detection (AUROC at predicting a hallucinating answer, all contexts):",
+             "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for run_dir, modality in zip(runs, ("image", "clip")):
+        for row in read_json(run_dir / "summary.json").get("detection", []):
+            if row["context"] == "all" and row["label"] == "objects":
+                cells = [modality, "oracle" if row["reference"] else "GPT", fmt(row["error_rate"]),
+                         *(fmt(row["scores"].get(s, {}).get("auroc")) for s in DETECTION_SCORES)]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 3 else "Detection: no rows (fewer than 3 samples per context)."

@@ -29,10 +29,14 @@ def token_metrics(truth: torch.Tensor, samples: torch.Tensor) -> dict[str, float
     diversity   = mean over pairs n<m of 1/L Σ_l [s_n,l ≠ s_m,l]   (pairwise Hamming; 0 if N = 1)
     """
     match = (samples == truth[None]).float().mean(1)  # (N,)
-    i, j = pairs(len(samples))
-    diversity = (samples[i] != samples[j]).float().mean(1).mean().item() if len(i) else 0.0
     return {"match_mean": match.mean().item(), "match_best": match.max().item(),
-            "exact_rate": match.eq(1).float().mean().item(), "diversity": diversity}
+            "exact_rate": match.eq(1).float().mean().item(), "diversity": token_diversity(samples)}
+
+
+def token_diversity(samples: torch.Tensor) -> float:
+    """Mean pairwise Hamming distance per token of samples (N, L); 0 if N = 1."""
+    i, j = pairs(len(samples))
+    return (samples[i] != samples[j]).float().mean(1).mean().item() if len(i) else 0.0
 
 
 def likelihood_metrics(truth: dict[str, torch.Tensor], sample_logprobs: torch.Tensor) -> dict[str, float]:

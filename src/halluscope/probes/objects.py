@@ -117,32 +117,49 @@ def summary(comparisons: list[dict], prefix: str) -> dict[str, float]:
     return out
 
 
-def object_metrics(truth: torch.Tensor, samples: torch.Tensor, raw: torch.Tensor, rng: np.random.Generator) \
-        -> dict[str, float]:
-    """Object figures of N decoded continuations `samples` (N, 3, ...) against the decoded truth
-    tokens `truth` (3, ...) (the reconstruction, so that the tokenizer's own errors are not the
-    sampler's), and of that reconstruction against the raw truth `raw` (the tokenizer's floor):
+@dataclass
+class Segmented:
+    """The objects of one example's truth, its N samples and its raw pixels, frame by frame,
+    matched once: what the object figures and the detection scores (detection.py) both read."""
+    truth: list[np.ndarray]  # per frame (n, 4): the reconstruction's objects
+    samples: list[list[np.ndarray]]  # per sample, per frame
+    raw: list[np.ndarray]  # per frame: the raw truth's objects
+    scale: float  # pixels: the world's largest shape radius
+    versus_truth: list[dict]  # compare(truth, sample) of each sample
+    distances: np.ndarray  # (N + 1, N + 1) GOSPA per frame among the truth (row 0) and the samples
+
+
+def segment_members(truth: torch.Tensor, samples: torch.Tensor, raw: torch.Tensor) -> Segmented:
+    """Segment and match the decoded truth tokens `truth` (3, ...), N decoded samples (N, 3, ...)
+    and the raw truth `raw` (3, ...)."""
+    members = torch.cat([truth[None], samples, raw[None]])  # truth, N samples, raw
+    frames = planes(members, clip=members.dim() == 5)
+    per = len(frames) // len(members)
+    found = segment(frames)
+    found = [found[i * per:(i + 1) * per] for i in range(len(members))]
+    scale = float(radius_range(frames.shape[2])[1])
+    ensemble = found[:-1]
+    d = np.zeros((len(ensemble), len(ensemble)))
+    for i in range(len(ensemble)):
+        for j in range(i + 1, len(ensemble)):
+            d[i, j] = d[j, i] = compare(ensemble[i], ensemble[j], scale)["distance"]
+    return Segmented(found[0], found[1:-1], found[-1], scale, [compare(found[0], s, scale) for s in found[1:-1]], d)
+
+
+def object_metrics(seg: Segmented, rng: np.random.Generator) -> dict[str, float]:
+    """Object figures of N decoded continuations against the decoded truth tokens (the
+    reconstruction, so that the tokenizer's own errors are not the sampler's), and of that
+    reconstruction against the raw truth (the tokenizer's floor):
 
     objects_{invented,dropped,recoloured}   mean over samples of the count per frame
     objects_position_error                  mean centroid distance (pixels) over matched pairs
     objects_truth                           objects per frame in the truth (raw pixels)
     tokenizer_objects_*                     the same four of the reconstruction against the raw truth
     skill_objects, spread_objects, energy_objects, rank_objects   calibration.py with d = GOSPA"""
-    members = torch.cat([truth[None], samples, raw[None]])  # truth, N samples, raw
-    frames = planes(members, clip=members.dim() == 5)
-    per = len(frames) // len(members)
-    objects = segment(frames)
-    objects = [objects[i * per:(i + 1) * per] for i in range(len(members))]
-    scale = float(radius_range(frames.shape[2])[1])
-    out = summary([compare(objects[0], s, scale) for s in objects[1:-1]], "objects")
-    out.update(summary([compare(objects[-1], objects[0], scale)], "tokenizer_objects"))
-    out["objects_truth"] = float(np.mean([len(o) for o in objects[-1]]))
-    ensemble = objects[:-1]
-    d = torch.zeros(len(ensemble), len(ensemble), dtype=torch.float64)
-    for i in range(len(ensemble)):
-        for j in range(i + 1, len(ensemble)):
-            d[i, j] = d[j, i] = compare(ensemble[i], ensemble[j], scale)["distance"]
-    out.update(calibration.ensemble_from_distances(d, "objects", rng))
+    out = summary(seg.versus_truth, "objects")
+    out.update(summary([compare(seg.raw, seg.truth, seg.scale)], "tokenizer_objects"))
+    out["objects_truth"] = float(np.mean([len(o) for o in seg.raw]))
+    out.update(calibration.ensemble_from_distances(torch.from_numpy(seg.distances), "objects", rng))
     return out
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from halluscope.io import atomic_path, read_jsonl, write_json
 from halluscope.probes import calibration, metrics, objects, skill
+from halluscope.probes.detection import detect, detection_metrics
 from halluscope.probes.memorization import Memory, memorization_metrics
 from halluscope.probes.context import context_leak, context_split, cut, encode_context
 from halluscope.probes.redundancy import redundancy_curve
@@ -144,7 +145,7 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     foreground = objects.foreground_tokens(truth.pixels, grid).flatten()[n_start:] if world else None
     marginal = config.marginal[n_start:] if config is not None and config.marginal is not None else None
     out.update(skill.chance_metrics(target, drawn, marginal, foreground))
-    entropy = None
+    entropy, scored = None, None
     if hasattr(sampler, "score"):
         scored = sampler.score(torch.cat([seq[None], full]), n_ctx)  # row 0: the truth
         scored = {k: v[:, skip:] for k, v in scored.items()}
@@ -158,11 +159,13 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     out["floor_rate"] = calibration.floor_rate(raw, region, recon)
     out.update(calibration.ensemble_metrics(recon, region, calibration.RMS, "pixels", rng))
     out["pixel_diversity"] = metrics.pairwise_mse(region)
+    seg = None  # the matched objects, on worlds
     if world:
+        seg = objects.segment_members(recon, region, raw)
         shape = objects.foreground_pixels(raw, clip=len(grid) == 3).to(raw.device)
         out["foreground_pixel_mse_mean"] = (region - raw[None]).pow(2)[:, :, shape].mean().item() if shape.any() \
             else float("nan")
-        out.update(objects.object_metrics(recon, region, raw, rng))
+        out.update(objects.object_metrics(seg, rng))
     feats = tokenizer.features(pixels).flatten(2)[:, :, n_start:]  # (N, D, target tokens)
     feats[same] = truth.recon_features[:, n_start:].to(feats.dtype)
     out.update(metrics.distance_metrics(truth.features[:, n_start:], feats, "feature_"))
@@ -176,6 +179,10 @@ def measure(truth: Truth, others: list[Truth], sampler: Sampler, new: torch.Tens
     pool = torch.stack([cut(o.pixels, grid, start) for o in others]) if others else region[:0]
     out["retrieval"] = metrics.retrieval_rate(raw, region, pool)
     out["retrieval_chance"] = 1 / (len(pool) + 1) if len(pool) else float("nan")
+    pool_features = torch.stack([o.recon_features[:, n_start:] for o in others]) if others else feats[:0, 0]
+    likelihoods = (scored["logprob"][1:], scored["entropy"][1:]) if scored else (None, None)  # the samples' rows
+    out.update(detection_metrics(drawn, region, feats, truth.recon_features[:, n_start:], pool_features,
+                                 *likelihoods, seg))
     return out, pixels, entropy
 
 
@@ -354,10 +361,11 @@ def add_redundancy(rows: list[dict], curves: dict[str, list[dict]]) -> None:
 
 
 def write_summary(records: list[dict], out: Path, curves: dict[str, list[dict]] | None = None) -> list[dict]:
-    """summary.json ({"groups": rows, "redundancy": {gpt: curve}}) and summary.csv."""
+    """summary.json ({"groups": rows, "redundancy": {gpt: curve}, "detection": detection rows})
+    and summary.csv."""
     rows = summarize(records)
     add_redundancy(rows, curves or {})
-    write_json(out / SUMMARY_JSON, {"groups": rows, "redundancy": curves or {}})
+    write_json(out / SUMMARY_JSON, {"groups": rows, "redundancy": curves or {}, "detection": detect(records)})
     with atomic_path(out / SUMMARY_CSV) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["kind", "sampler", "context", "target", "examples", "metric", "mean", "ci_lo", "ci_hi", "n", "p"])

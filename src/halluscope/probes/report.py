@@ -18,10 +18,12 @@ import numpy as np
 
 from halluscope.errors import UserError
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
+from halluscope.probes.detection import SCORES
 from halluscope.probes.memorization import GROUPS, group_contrast
 from halluscope.probes.probe import RECORDS, SUMMARY_JSON
 from halluscope.probes.recognition import roc_curve
 from halluscope.probes.skill import BASELINES, JOINT, MARGIN
+from halluscope.probes.stats import empty
 from halluscope.probes.target import describe
 
 matplotlib.use("Agg")  # files only; never a window
@@ -329,6 +331,73 @@ def memorization_section(rows: list[dict], records: list[dict]) -> str:
     return section("Memorization: copies of the training set", text, table)
 
 
+def load_detection(runs: list[Path]) -> list[dict]:
+    """Every run's detection rows (summary.json's "detection"; a run written before it has none)."""
+    return [{**row, "run": run.name} for run in runs
+            for row in read_json(run / SUMMARY_JSON, "probe summary").get("detection", [])]
+
+
+def detection_label(row: dict) -> str:
+    return (f"{row['run']} {row['kind']} {row['sampler']}" + (" (reference)" if row["reference"] else "")
+            + f", {row['label']} labels" + (" (approximate)" if row["approximate"] else ""))
+
+
+def plot_detection(rows: list[dict], path: Path) -> Path | None:
+    """Each score's AUROC at predicting a hallucinating answer over every context, with its 95%
+    interval: one marker series per (run, kind, sampler, label family); 0.5 is chance."""
+    pooled = [r for r in rows if r["context"] == "all" and r["scores"]]
+    if not pooled:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(SCORES) + 1.5 + 0.2 * len(pooled)), layout="constrained")
+    for i, row in enumerate(pooled):
+        y = np.arange(len(SCORES)) + (i - (len(pooled) - 1) / 2) * 0.8 / len(pooled)
+        stats = [row["scores"].get(name, {}).get("auroc", empty()) for name in SCORES]
+        mean, lo, hi = (np.asarray(values(stats, None, f), dtype=float) for f in ("mean", "lo", "hi"))
+        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", ms=4, capsize=2, label=detection_label(row))
+    ax.axvline(0.5, color="k", ls=":", lw=1)
+    ax.set_yticks(np.arange(len(SCORES)), list(SCORES))
+    ax.set_xlabel("AUROC at predicting a hallucinating answer, all contexts (0.5 = chance)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.4, -0.08))  # below: the markers fill the axes
+    return save_figure(fig, path)
+
+
+def detection_table(rows: list[dict]) -> str:
+    """Rows × scores, each cell the score's AUROC with its interval, after the error rate and
+    AURAC's chance and best levels."""
+    names = [n for n in SCORES if any(n in r["scores"] for r in rows)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", "kind", "sampler", "labels", "context", "contexts",
+                                                           "error rate", "AURAC chance / best", *names])
+    body = ""
+    for r in rows:
+        sampler = r["sampler"] + (" (reference)" if r["reference"] else "")
+        labels = r["label"] + (" (approximate)" if r["approximate"] else "")
+        body += "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (r["run"], r["kind"], sampler, labels,
+                                                                              r["context"], r["contexts"]))
+        body += f"<td>{fmt(r['error_rate'])}</td><td>{fmt(r['aurac_chance'], False)} / {fmt(r['aurac_best'], False)}</td>"
+        body += "".join(f"<td>{fmt(r['scores'].get(n, {}).get('auroc'))}</td>" for n in names) + "</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def detection_section(rows: list[dict], plot: Path | None) -> str:
+    """How well each uncertainty score, computed from the samples alone, flags the contexts whose
+    answer hallucinates (probes/detection.py)."""
+    if not rows:
+        return ""
+    text = ("Of each context's samples, sample 0 is the answer and the others the witnesses; every score reads "
+            "the witnesses (and the answer's own likelihood), never the truth: semantic_entropy over object-level "
+            "classes (GOSPA per frame within the class tolerance), object_classes, the witnesses' pairwise object / "
+            "token / pixel / feature disagreement, feature_semantic_entropy (classes by feature distance: an "
+            "approximation), the GPT's likelihoods (predictive_entropy per continuation, "
+            "length_normalised_entropy and token_entropy per token, answer_nll) and answer_objects (the analogue "
+            "of answer length). Object labels: the answer invents, drops or recolours objects beyond the error "
+            "tolerance (worlds only). Feature labels: the answer's feature distance to the truth exceeds the "
+            "tolerance in units of the distance between unrelated examples — approximate. Cells: AUROC [95% "
+            "bootstrap interval over examples] at predicting the answer's error, 0.5 = chance. The oracle's rows "
+            "(reference) are what the world's own ambiguity lets any sampler know. AURACs are in summary.json.")
+    return section("Detection: can the samples tell when they hallucinate?", text,
+                   detection_table(rows) + (embed(plot, plot.stem) if plot else ""))
+
+
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: dict | None = None,
                  verdict: dict | None = None, records: list[dict] | None = None) -> Path:
     """Plots (out/plots/*.png) and out/report.html for one or more run folders (e.g. an image
@@ -340,6 +409,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
     rows = load_runs(runs)
     records = [r for run in runs for r in read_jsonl(run / RECORDS)] if records is None else records
     plots = [plot_curve(rows, metric, label, out / "plots" / f"{metric}.png") for metric, label in CURVES]
+    detections = load_detection(runs)
     plots.append(plot_entropy_maps(records, out / "plots" / "entropy_maps.png"))
     plots.append(plot_rank_histograms(rows, out / "plots" / "rank_histograms.png"))
     curves = {f"{run.name}: {kind_of(rows, run.name)} {gpt}": curve for run in runs
@@ -388,6 +458,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike, info: di
                       "context_effect_m = m(sampler) − m(its shuffled twin), with the Wilcoxon signed-rank p.",
                       summary_table(rows, SKILL_COLUMNS)),
               memorization_section(rows, records),
+              detection_section(detections, plot_detection(detections, out / "plots" / "detection.png")),
               section("Calibration: plain sampling (temperature 1, no top-k / top-p)",
                       "Verdicts come only from distances that see joint structure (pixels, features, objects): "
                       f"<b>calibrated</b> when R's 95% interval lies inside [{MARGIN[0]:g}, {MARGIN[1]:g}], "
