@@ -220,7 +220,9 @@ def checkpoint_flags(steps: list[int]) -> tuple[int, tuple]:
 
 def train_cell(out: Path, cell: Cell, plan: Plan) -> dict[str, Path]:
     """The demo's stages for one cell; the tokenizer is shared by the presets of a seed."""
-    m = dataclasses.replace(MODALITIES[cell.kind], world=cell.world())
+    base = MODALITIES[cell.kind]
+    shape = ("--resolution", str(cell.size), *(("--frames", str(cell.frames)) if cell.kind == "clip" else ()))
+    m = dataclasses.replace(base, world=cell.world(), tokenizer_flags=(*base.tokenizer_flags, *shape))
     size = DemoSize(train=cell.train, heldout=plan.heldout, tokenizer_steps={m.name: cell.tokenizer_steps},
                     gpt_steps=plan.steps[-1], samples=plan.samples)
     _, flags = checkpoint_flags(plan.steps)
@@ -287,7 +289,8 @@ def true_entropy(world: ImageWorld | VideoWorld, grid: list[int], context: float
     the token grid rounds to whole rows / latent frames; None where it has no closed form."""
     length = world.frames if isinstance(world, VideoWorld) else world.size
     keep, _ = context_split(tuple(grid), context)
-    return known_answer(world, keep * length // grid[0])["conditional_entropy_bits"]
+    bits = known_answer(world, keep * length // grid[0])["conditional_entropy_bits"]
+    return None if bits is None else bits + 0.0  # no -0.0 in the report
 
 
 def plan_key(plan: Plan) -> dict:
@@ -451,6 +454,9 @@ def errorbar(ax, xs: list[float], cis: list[dict], **kw) -> None:
 
 def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path
@@ -473,7 +479,6 @@ def plot_context(models: list[dict], oracles: list[dict], variant: str, path: Pa
         if f != SKILL:  # the oracle's skill is 1 by definition
             errorbar(ax, list(map(float, cs)), [o["contexts"][c][f] for c in cs], label="oracle", color="k", ls="--")
         ax.set(xlabel="context (fraction)", ylabel=f, title=variant)
-        ax.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -487,7 +492,6 @@ def plot_context_needed(models: list[dict], path: Path) -> Path:
             mine = [m for m in models if m["variant"] == variant and x(m) is not None]
             errorbar(ax, [x(m) for m in mine], [m["context_needed"] for m in mine], label=variant, ls="none")
         ax.set(xlabel=name, ylabel=f"context needed (skill ≥ {SKILL_LEVEL})")
-        ax.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -506,7 +510,6 @@ def plot_recognition(models: list[dict], path: Path) -> Path | None:
                  label=f"{name}: generative")
     ax.axhline(0.5, color="grey", lw=0.8)
     ax.set(xlabel="training steps", ylabel="accuracy (real clip preferred)", ylim=(0, 1))
-    ax.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -530,14 +533,12 @@ def plot_dose(models: list[dict], oracles: list[dict], kind: str, step: int, pat
             errorbar(ax, [o["knob"] for o in ors], [o["contexts"][c][f] for o in ors], ls="--",
                      label=f"oracle ctx {c}")
         ax.set(xlabel=KNOBS[kind], ylabel=f)
-        ax.legend(fontsize=6)
     for c in contexts:
         pts = [(o["knob"], o["contexts"][c]["true_entropy_bits"]) for o in ors]
         pts = [p for p in pts if p[1] is not None]
         if pts:
             axes[-1].plot(*zip(*pts), marker="s", label=f"ctx {c}")
     axes[-1].set(xlabel=KNOBS[kind], ylabel="true conditional entropy (bits)", title="the world's known answer")
-    axes[-1].legend(fontsize=7)
     return save(fig, path)
 
 
