@@ -183,7 +183,7 @@ def parse_plan(raw: object) -> Plan:
     for i, w in enumerate(worlds):
         for c in contexts if w.kind == "clip" else ():
             try:
-                context_split((clip_units(w.frames),), c)
+                context_split((clip_units(w.frames), 1, 1), c)  # a clip grid: (t, h, w)
             except UserError as e:
                 raise UserError(f"plan key 'contexts' for worlds[{i}] ({w.frames} frames): {e}") from None
     return Plan(worlds=worlds,
