@@ -109,6 +109,7 @@ def test_ranks_share_the_cells_and_rank_0_reports(tmp_path, monkeypatch):
     ({"worlds": [{"kind": "image", "randomness": [0.0]}]}, "unknown key 'randomness' for a image world"),
     ({"worlds": [{"kind": "clip", "frames": 8, "randomness": [0.0]}], "contexts": [0.2]}, "rounds to 0"),
     ({"presets": ["huge"]}, "unknown preset 'huge'"),
+    ({"worlds": [{"kind": "clip", "size": 36, "randomness": [0.0]}]}, "size a multiple of 8 and frames a multiple of 4"),
 ])
 def test_a_bad_plan_is_one_line_before_anything_runs(tmp_path, capsys, change, message):
     out = tmp_path / "out"

@@ -26,6 +26,7 @@ import dataclasses
 import html
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ MODALITIES = {"image": IMAGE, "clip": CLIP}
 SKILL = "normalised_skill_objects_invented_vs_marginal"  # 1: as few invented objects as the oracle; 0: the marginal's
 SKILL_LEVEL = 0.5  # "context needed": the smallest context whose mean skill (over seeds) reaches this
 FIGURES = ("objects_invented", SKILL, "match_mean", "diversity")  # per sampler and context
+IMAGE_DOWNSAMPLE = 4  # pixels per token side of the tiny image tokenizer (three levels, ch_mult (1, 1, 2))
 POLL_S = 5.0  # rank 0's wait between looks for the other ranks' cells
 
 
@@ -144,10 +146,10 @@ def parse_world(raw: object, i: int) -> WorldPlan:
         raise UserError(f"{where}: unknown key {other!r} for a {raw['kind']} world (its knob is {knob!r})")
     if raw["kind"] == "image" and "frames" in raw:
         raise UserError(f"{where}: unknown key 'frames' for an image world")
-    d = {("values" if k == knob else k): v for k, v in raw.items()}
-    d.setdefault("values", [0.0])
     if "values" in raw:
         raise UserError(f"{where}: unknown key 'values'; name the knob: {knob}: [...]")
+    d = {("values" if k == knob else k): v for k, v in raw.items()}
+    d.setdefault("values", [0.0])  # no knob named: the world's default only
     w = WorldPlan(**fields_of(WorldPlan, d, where))
     w.values = numbers(w.values, f"{where}.{knob}", float, 0.0)
     if max(w.values) > 1:
@@ -158,13 +160,23 @@ def parse_world(raw: object, i: int) -> WorldPlan:
         Cell(w.kind, w.values[0], w.size, w.frames, 1, 1, "tiny", 0).world()  # the world's own checks
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
+    dt, dh, _ = clip_downsample() if w.kind == "clip" else (1, IMAGE_DOWNSAMPLE, 1)
+    if w.size % dh or w.frames % dt:
+        raise UserError(f"{where}: the {w.kind} tokenizer needs size a multiple of {dh}"
+                        + (f" and frames a multiple of {dt}" if w.kind == "clip" else "") + f", got size {w.size}"
+                        + (f", frames {w.frames}" if w.kind == "clip" else ""))
     return w
+
+
+def clip_downsample() -> tuple[int, ...]:
+    """(frames, rows, columns) per token of the demo's clip tokenizer."""
+    flags = CLIP.tokenizer_flags
+    return tuple(int(v) for v in flags[flags.index("--downsample") + 1].split(","))
 
 
 def clip_units(frames: int) -> int:
     """Latent frames of a clip world under the demo's clip tokenizer."""
-    flags = CLIP.tokenizer_flags
-    return frames // int(flags[flags.index("--downsample") + 1].split(",")[0])
+    return frames // clip_downsample()[0]
 
 
 def parse_plan(raw: object) -> Plan:
@@ -211,11 +223,12 @@ def cells(plan: Plan) -> list[Cell]:
 # ----------------------------------------------------------------------------- one cell
 
 
-def checkpoint_flags(steps: list[int]) -> tuple[int, tuple]:
-    """(every, flags): checkpoints every gcd of the lengths, all kept, validated at each."""
+def gpt_flags(preset: str, steps: list[int]) -> tuple:
+    """train-gpt's flags beyond the demo's: the longest length, a checkpoint (and a val loss)
+    every gcd of the lengths, all of them kept, so each named length is a loadable GPT folder."""
     every = math.gcd(*steps)
-    kept = steps[-1] // every
-    return every, ("--preset", "", "--steps", steps[-1], "--ckpt-every", every, "--eval-every", every, "--keep", kept)
+    return "--preset", preset, "--steps", steps[-1], "--ckpt-every", every, "--eval-every", every, \
+        "--keep", steps[-1] // every
 
 
 def train_cell(out: Path, cell: Cell, plan: Plan) -> dict[str, Path]:
@@ -225,10 +238,8 @@ def train_cell(out: Path, cell: Cell, plan: Plan) -> dict[str, Path]:
     m = dataclasses.replace(base, world=cell.world(), tokenizer_flags=(*base.tokenizer_flags, *shape))
     size = DemoSize(train=cell.train, heldout=plan.heldout, tokenizer_steps={m.name: cell.tokenizer_steps},
                     gpt_steps=plan.steps[-1], samples=plan.samples)
-    _, flags = checkpoint_flags(plan.steps)
-    flags = tuple(cell.preset if f == "" else f for f in flags)
     return train_modality(out / "runs" / f"{cell.variant}-n{cell.train}", m, size, cell.seed,
-                          gpt_name=f"gpt-{cell.preset}", gpt_flags=flags)
+                          gpt_name=f"gpt-{cell.preset}", gpt_flags=gpt_flags(cell.preset, plan.steps))
 
 
 def checkpoint(gpt: Path, step: int) -> Path:
@@ -255,9 +266,11 @@ def mean_of(metric: dict | None) -> float | None:
     return None if not metric else metric.get("mean")
 
 
-def val_loss_at(gpt: Path, step: int) -> float:
-    return next((r["val_loss"] for r in read_jsonl(gpt / "metrics.jsonl")
-                 if r.get("step") == step and r.get("val_loss") is not None), math.nan)
+def val_loss_at(gpt: Path, step: int) -> float | None:
+    """The validation loss logged at this step (None: none, or not finite; JSON has no NaN)."""
+    loss = next((r["val_loss"] for r in read_jsonl(gpt / "metrics.jsonl")
+                 if r.get("step") == step and r.get("val_loss") is not None), None)
+    return loss if loss is not None and math.isfinite(loss) else None
 
 
 def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[dict], recognition: dict) -> dict:
@@ -281,7 +294,11 @@ def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[
     world, grid = cell.world(), read_json(folders["tokens"] / "manifest.json", "token manifest")["grid"]
     return {"cell": dataclasses.asdict(cell), "plan": plan_key(plan), "models": models,
             "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c)} for c in plan.contexts},
-            "tokenizer_psnr": last_logged(folders["tokenizer"], "psnr")}
+            "tokenizer_psnr": finite(last_logged(folders["tokenizer"], "psnr"))}
+
+
+def finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def true_entropy(world: ImageWorld | VideoWorld, grid: list[int], context: float) -> float | None:
@@ -305,6 +322,8 @@ def run_cell(out: Path, cell: Cell, plan: Plan) -> dict:
         figures = read_json(done, "cell figures")
         if figures["plan"] == plan_key(plan):
             return figures
+        for stale in (out / "probes" / cell.name, out / "recognition" / cell.name):  # asked with other settings
+            shutil.rmtree(stale, ignore_errors=True)
     figures = probe_cell(out, cell, plan, train_cell(out, cell, plan))
     write_json(done, figures)
     return figures
@@ -566,7 +585,8 @@ def aggregate(out: Path, plan: Plan, results: list[dict]) -> dict:
     models, oracles = model_rows(results, plan), oracle_rows(results)
     study = {"plan": dataclasses.asdict(plan), "skill": SKILL, "skill_level": SKILL_LEVEL, "cells": results,
              "models": models, "oracle": oracles, "hypotheses": hypotheses(models, plan)}
-    plots = [plot_context(models, oracles, v, out / "plots" / f"context-{v}.png") for v in sorted({o["variant"] for o in oracles})]
+    variants = sorted({o["variant"] for o in oracles})
+    plots = [plot_context(models, oracles, v, out / "plots" / f"context-{v}.png") for v in variants]
     plots += [plot_context_needed(models, out / "plots" / "context-needed.png"),
               plot_recognition(models, out / "plots" / "recognition.png"),
               *(plot_dose(models, oracles, k, plan.steps[-1], out / "plots" / f"dose-{k}.png") for k in KNOBS)]
