@@ -92,8 +92,8 @@ def test_ranks_share_the_cells_and_rank_0_reports(tmp_path, monkeypatch):
     plan = write_plan(tmp_path, {**PLAN, "worlds": PLAN["worlds"][1:], "seeds": [0], "steps": [2]})
     out = tmp_path / "out"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the ranks pin their GPU; undone after the test
-    for rank, cells in (("1", ["image-dependence1-s32-n16-tiny-seed0.json"]),
-                        ("0", ["image-dependence0-s32-n16-tiny-seed0.json", "image-dependence1-s32-n16-tiny-seed0.json"])):
+    first, second = "image-dependence0-s32-n16-tiny-seed0.json", "image-dependence1-s32-n16-tiny-seed0.json"
+    for rank, cells in (("1", [second]), ("0", [first, second])):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")
         assert main(["study", plan, "--out", str(out)]) == 0
@@ -109,7 +109,7 @@ def test_ranks_share_the_cells_and_rank_0_reports(tmp_path, monkeypatch):
     ({"worlds": [{"kind": "image", "randomness": [0.0]}]}, "unknown key 'randomness' for a image world"),
     ({"worlds": [{"kind": "clip", "frames": 8, "randomness": [0.0]}], "contexts": [0.2]}, "rounds to 0"),
     ({"presets": ["huge"]}, "unknown preset 'huge'"),
-    ({"worlds": [{"kind": "clip", "size": 36, "randomness": [0.0]}]}, "size a multiple of 8 and frames a multiple of 4"),
+    ({"worlds": [{"kind": "clip", "size": 36, "randomness": [0.0]}]}, "size a multiple of 8 and frames a multiple"),
 ])
 def test_a_bad_plan_is_one_line_before_anything_runs(tmp_path, capsys, change, message):
     out = tmp_path / "out"

@@ -94,7 +94,8 @@ class Cell:
 
     @property
     def variant(self) -> str:
-        return f"{self.kind}-{KNOBS[self.kind]}{self.knob:g}-s{self.size}" + (f"x{self.frames}" if self.kind == "clip" else "")
+        frames = f"x{self.frames}" if self.kind == "clip" else ""
+        return f"{self.kind}-{KNOBS[self.kind]}{self.knob:g}-s{self.size}{frames}"
 
     @property
     def name(self) -> str:
@@ -293,7 +294,8 @@ def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[
                              "recognition_generative": mean_of(rec.get("generative_accuracy"))}
     world, grid = cell.world(), read_json(folders["tokens"] / "manifest.json", "token manifest")["grid"]
     return {"cell": dataclasses.asdict(cell), "plan": plan_key(plan), "models": models,
-            "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c)} for c in plan.contexts},
+            "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c)}
+                       for c in plan.contexts},
             "tokenizer_psnr": finite(last_logged(folders["tokenizer"], "psnr"))}
 
 
@@ -413,8 +415,7 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
     lo_c, hi_c = str(plan.contexts[0]), str(plan.contexts[-1])
     out = []
     for m in (m for m in models if m["step"] == last and lo_c != hi_c):
-        d = [b["contexts"][hi_c]["objects_invented"] - b["contexts"][lo_c]["objects_invented"]
-             if None not in (b["contexts"][hi_c]["objects_invented"], b["contexts"][lo_c]["objects_invented"]) else None
+        d = [diff(b["contexts"][hi_c]["objects_invented"], b["contexts"][lo_c]["objects_invented"])
              for b in m["by_seed"]]
         out.append(finding(f"more context, fewer invented objects ({m['variant']}, {m['preset']}, n={m['train']})",
                            f"objects invented at context {hi_c} minus at {lo_c}", over_seeds(d), -1))
@@ -427,8 +428,7 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
                            f"context needed (skill ≥ {SKILL_LEVEL}) at step {last} minus at step {first}",
                            paired_difference(m["context_needed_by_seed"], e["context_needed_by_seed"]), +1))
     for m in (m for m in models if m["kind"] == "clip" and m["step"] == first):
-        d = [None if None in (b["recognition_paired"], b["recognition_generative"])
-             else b["recognition_paired"] - b["recognition_generative"] for b in m["by_seed"]]
+        d = [diff(b["recognition_paired"], b["recognition_generative"]) for b in m["by_seed"]]
         out.append(finding(f"recognition comes before generation ({m['variant']}, {m['preset']}, n={m['train']}, "
                            f"step {first})", "paired recognition accuracy minus the generative two-alternative "
                            "figure", over_seeds(d), +1))
@@ -437,19 +437,14 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
         knobs = sorted({m["knob"] for m in mine})
         for key in sorted({(m["train"], m["preset"]) for m in mine}) if len(knobs) > 1 else ():
             at = {m["knob"]: m for m in mine if (m["train"], m["preset"]) == key}
-            ends = [{b["cell_seed"]: b for b in tagged(at[k])} for k in (knobs[0], knobs[-1])]
+            ends = [dict(zip(at[k]["seeds"], at[k]["by_seed"])) for k in (knobs[0], knobs[-1])]  # paired by seed
             seeds = sorted(set(ends[0]) & set(ends[1]))
-            d = [diff(ends[1][s]["contexts"][hi_c]["objects_invented"], ends[0][s]["contexts"][hi_c]["objects_invented"])
-                 for s in seeds]
+            d = [diff(*(end[s]["contexts"][hi_c]["objects_invented"] for end in reversed(ends))) for s in seeds]
             out.append(finding(f"a more redundant world, fewer invented objects ({kind}, {KNOBS[kind]} "
                                f"{knobs[0]:g} → {knobs[-1]:g}, {key[1]}, n={key[0]}, context {hi_c})",
                                f"objects invented at {KNOBS[kind]} {knobs[-1]:g} minus at {knobs[0]:g}",
                                over_seeds(d), expect))
     return out
-
-
-def tagged(model: dict) -> list[dict]:
-    return [{**b, "cell_seed": s} for b, s in zip(model["by_seed"], model["seeds"])]
 
 
 def diff(a: float | None, b: float | None) -> float | None:
