@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "halluscope.probes.commands",
     "halluscope.app.commands",
     "halluscope.demo",
+    "halluscope.study",
 )
 
 

@@ -123,9 +123,12 @@ def ensure_world(world: ImageWorld | VideoWorld, folder: Path, n: int, violation
     return folder
 
 
-def train_modality(out: Path, m: Modality, size: DemoSize, seed: int = 0) -> dict[str, Path]:
+def train_modality(out: Path, m: Modality, size: DemoSize, seed: int = 0, gpt_name: str = "gpt",
+                   gpt_flags: tuple[str | int | float, ...] = ()) -> dict[str, Path]:
     """World → tokenizer → token cache → GPT for one modality and training seed; returns the
-    folders it made. Every seed trains on the same worlds; seeds after 0 live in seed{k}/."""
+    folders it made. Every seed trains on the same worlds; seeds after 0 live in seed{k}/.
+    `gpt_name` and `gpt_flags` (appended, so they override the demo's) let a study train several
+    GPTs on one tokenizer (halluscope.study)."""
     train = ensure_world(m.world, out / m.name / "world-train", size.train)
     heldout = ensure_world(dataclasses.replace(m.world, seed=1), out / m.name / "world-heldout", size.heldout,
                            violations=isinstance(m.world, VideoWorld))  # twins for the recognition probe
@@ -137,10 +140,11 @@ def train_modality(out: Path, m: Modality, size: DemoSize, seed: int = 0) -> dic
     run("tokenize", "--tokenizer", root / "tokenizer" / "model", "--data", train, "--out", root / "tokens", "--resume")
     s = size.gpt_steps
     # One position table per grid axis: a clip's latent frames share their row and column embeddings.
-    run("train-gpt", "--tokens", root / "tokens", "--out", root / "gpt", "--preset", "tiny", "--factorized-pos",
+    run("train-gpt", "--tokens", root / "tokens", "--out", root / gpt_name, "--preset", "tiny", "--factorized-pos",
         "--steps", s, "--batch", 32, "--lr", 3e-3, "--warmup", min(100, s // 4), "--min-lr", 3e-4,
-        "--eval-every", max(1, s // 4), "--ckpt-every", max(1, s // 4), "--seed", seed, "--resume", "--no-progress")
-    return {"heldout": heldout, "tokenizer": root / "tokenizer", "gpt": root / "gpt"}
+        "--eval-every", max(1, s // 4), "--ckpt-every", max(1, s // 4), "--seed", seed, "--resume", "--no-progress",
+        *gpt_flags)
+    return {"heldout": heldout, "tokenizer": root / "tokenizer", "tokens": root / "tokens", "gpt": root / gpt_name}
 
 
 def probe_folder(out: Path, m: Modality, seed: int) -> Path:

@@ -1,0 +1,119 @@
+"""`halluscope study`: a CI-sized plan runs from another working directory, writes one entry per
+cell with seed intervals, reuses everything on a second run, refuses bad plans in one line,
+and the oracle's dose-response follows the world's known answer."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from halluscope.cli import main
+from halluscope.data import ImageWorld, VideoWorld
+from halluscope.data.answers import known_answer
+
+PLAN = {"worlds": [{"kind": "clip", "size": 32, "frames": 8, "randomness": [0.0, 1.0], "tokenizer_steps": 2},
+                   {"kind": "image", "size": 32, "dependence": [0.0, 1.0], "tokenizer_steps": 2}],
+        "train": 16, "heldout": 3, "presets": ["tiny"], "steps": [2, 4], "seeds": [0, 1], "contexts": [0.5],
+        "samples": 2}
+
+
+def write_plan(folder, plan):
+    path = folder / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(elsewhere)  # paths are the plan's and --out's, not the working directory's
+        assert main(["study", write_plan(root, PLAN), "--out", str(root / "out")]) == 0
+    return root
+
+
+def test_one_entry_per_cell_with_seed_intervals(study):
+    out = study / "out"
+    assert (out / "study.html").stat().st_size > 1000
+    assert {p.name for p in (out / "plots").iterdir()} >= {"context-needed.png", "recognition.png", "dose-clip.png"}
+    s = json.loads((out / "study.json").read_text())
+    assert sorted((c["cell"]["kind"], c["cell"]["knob"], c["cell"]["seed"]) for c in s["cells"]) == [
+        (kind, knob, seed) for kind in ("clip", "image") for knob in (0, 1) for seed in (0, 1)]
+    assert len(s["models"]) == 4 * 2  # world variants x training lengths
+    for m in s["models"]:
+        assert m["seeds"] == [0, 1] and m["params"] > 0
+        loss = m["val_loss"]
+        assert loss["n"] == 2 and loss["lo"] <= loss["mean"] <= loss["hi"]
+        values = [b["val_loss"] for b in m["by_seed"]]
+        assert loss["mean"] == pytest.approx(sum(values) / 2) and min(values) <= loss["lo"]  # the seeds' own spread
+        invented = m["contexts"]["0.5"]["objects_invented"]
+        assert invented["n"] == 2 and invented["lo"] <= invented["mean"] <= invented["hi"]
+    assert sum("more redundant world" in h["sentence"] and h["interval"]["n"] == 2 for h in s["hypotheses"]) == 2
+    assert all(h["verdict"] in ("supported", "contradicted", "not supported (the interval holds 0)",
+                                "not testable (fewer than two seeds with a value)") for h in s["hypotheses"])
+
+
+def test_the_oracle_follows_the_worlds_known_answer(study):
+    """At randomness 0 a clip's continuation is fixed by its context (true entropy 0): the
+    oracle's samples never differ; at randomness 1 the world's entropy is positive. At
+    dependence 1 an image's bottom half is its top's mirror: the oracle's halves never differ."""
+    rows = json.loads((study / "out" / "study.json").read_text())["oracle"]
+    oracle = {o["knob"]: o["contexts"]["0.5"] for o in rows if o["kind"] == "clip"}
+    for knob, row in oracle.items():
+        # 8 frames, 2 latent frames: context 0.5 keeps the first 4 pixel frames.
+        assert row["true_entropy_bits"] == pytest.approx(
+            known_answer(VideoWorld(size=32, frames=8, randomness=knob), 4)["conditional_entropy_bits"])
+    assert oracle[0.0]["true_entropy_bits"] == 0 and oracle[0.0]["diversity"]["hi"] == 0
+    assert oracle[1.0]["true_entropy_bits"] > 0
+    image = {o["knob"]: o["contexts"]["0.5"] for o in rows if o["kind"] == "image"}
+    assert image[1.0]["true_entropy_bits"] == known_answer(ImageWorld(size=32, dependence=1.0), 16)[
+        "conditional_entropy_bits"] == 0
+    assert image[1.0]["diversity"]["hi"] == 0 < image[0.0]["diversity"]["mean"]
+    assert image[0.0]["true_entropy_bits"] is None  # no closed form: occlusion
+
+
+def test_a_second_run_reuses_everything(study, capsys):
+    weights = sorted((study / "out" / "runs").rglob("model.safetensors"))
+    assert len(weights) >= 2 * 2 * 2  # per world and seed: two checkpoints and the latest model (plus tokenizers)
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    t0 = time.perf_counter()
+    assert main(["study", write_plan(study, PLAN), "--out", str(study / "out")]) == 0
+    assert time.perf_counter() - t0 < 10
+    assert {p: p.stat().st_mtime_ns for p in weights} == before
+    assert "$ halluscope train-gpt" not in capsys.readouterr().out
+
+
+def test_ranks_share_the_cells_and_rank_0_reports(tmp_path, monkeypatch):
+    """WORLD_SIZE 2: rank 1 runs the second world variant and writes no report; rank 0 runs
+    the first and, all cells there, reports both (run one after the other here)."""
+    plan = write_plan(tmp_path, {**PLAN, "worlds": PLAN["worlds"][1:], "seeds": [0], "steps": [2]})
+    out = tmp_path / "out"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the ranks pin their GPU; undone after the test
+    first, second = "image-dependence0-s32-n16-tiny-seed0.json", "image-dependence1-s32-n16-tiny-seed0.json"
+    for rank, cells in (("1", [second]), ("0", [first, second])):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["study", plan, "--out", str(out)]) == 0
+        assert sorted(p.name for p in (out / "cells").iterdir()) == cells
+        assert (out / "study.json").is_file() == (rank == "0")
+    assert len(json.loads((out / "study.json").read_text())["cells"]) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 3}, "unknown key 'epochs'"),
+    ({"seeds": []}, "plan key 'seeds' must be a non-empty list"),
+    ({"worlds": [{"kind": "audio", "randomness": [0.0]}]}, "worlds[0].kind must be one of image, clip"),
+    ({"worlds": [{"kind": "image", "randomness": [0.0]}]}, "unknown key 'randomness' for a image world"),
+    ({"worlds": [{"kind": "clip", "frames": 8, "randomness": [0.0]}], "contexts": [0.2]}, "rounds to 0"),
+    ({"presets": ["huge"]}, "unknown preset 'huge'"),
+    ({"worlds": [{"kind": "clip", "size": 36, "randomness": [0.0]}]}, "size a multiple of 8 and frames a multiple"),
+])
+def test_a_bad_plan_is_one_line_before_anything_runs(tmp_path, capsys, change, message):
+    out = tmp_path / "out"
+    assert main(["study", write_plan(tmp_path, {**PLAN, **change}), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("halluscope study: error: ") and message in err and "\n" not in err
+    assert not (out / "runs").exists()
