@@ -5,9 +5,12 @@ and the oracle's dose-response follows the world's known answer."""
 import json
 import time
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
+from halluscope import study as study_module
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld
 from halluscope.data.answers import known_answer
@@ -48,12 +51,28 @@ def test_one_entry_per_cell_with_seed_intervals(study):
         loss = m["val_loss"]
         assert loss["n"] == 2 and loss["lo"] <= loss["mean"] <= loss["hi"]
         values = [b["val_loss"] for b in m["by_seed"]]
-        assert loss["mean"] == pytest.approx(sum(values) / 2) and min(values) <= loss["lo"]  # the seeds' own spread
+        half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / np.sqrt(2)  # Student t over two seeds
+        assert loss["mean"] == pytest.approx(np.mean(values)) and loss["hi"] - loss["mean"] == pytest.approx(half)
         invented = m["contexts"]["0.5"]["objects_invented"]
         assert invented["n"] == 2 and invented["lo"] <= invented["mean"] <= invented["hi"]
     assert sum("more redundant world" in h["sentence"] and h["interval"]["n"] == 2 for h in s["hypotheses"]) == 2
     assert all(h["verdict"] in ("supported", "contradicted", "not supported (the interval holds 0)",
-                                "not testable (fewer than two seeds with a value)") for h in s["hypotheses"])
+                                "not testable (fewer than two seeds with a value)")
+               or h["verdict"].startswith("not testable (the tokenizer's decodings keep") for h in s["hypotheses"])
+
+
+def test_object_verdicts_need_a_tokenizer_that_keeps_the_objects():
+    """A difference whose interval excludes 0 is supported, one holding 0 is not, one the wrong
+    way contradicted; an object figure through a tokenizer that erases the objects (every
+    sampler then invents and drops nothing) is not testable, whatever its interval."""
+    ci = study_module.over_seeds([-0.5, -0.6, -0.55])
+    assert study_module.finding("c", "f", ci, -1)["verdict"] == "supported"
+    assert study_module.finding("c", "f", ci, +1)["verdict"] == "contradicted"
+    assert study_module.finding("c", "f", study_module.over_seeds([-0.5, 0.4]), -1)["verdict"].startswith("not supp")
+    kept = study_module.over_seeds([0.9, 0.95])
+    assert study_module.finding("c", "f", ci, -1, kept)["verdict"] == "supported"
+    erased = study_module.finding("c", "f", study_module.over_seeds([0.0, 0.0]), -1, study_module.over_seeds([0.0, 0.1]))
+    assert erased["verdict"] == "not testable (the tokenizer's decodings keep 0.05 of the truth's objects)"
 
 
 def test_the_oracle_follows_the_worlds_known_answer(study):

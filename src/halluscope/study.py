@@ -14,7 +14,7 @@ GPT) as `halluscope` commands with --resume, then probes every checkpoint it nam
 
 Each cell's figures go to DIR/cells/CELL.json (a second run with the same cell reuses it), then
 DIR/study.json, DIR/study.html and DIR/plots/*.png hold the figures over seeds: the mean over
-training seeds and its 95% bootstrap interval over them. Under torchrun (WORLD_SIZE > 1) rank r
+training seeds and its 95% Student-t interval over them. Under torchrun (WORLD_SIZE > 1) rank r
 runs the cells of the world variants and training sizes i ≡ r (mod WORLD_SIZE) (they share
 world folders and tokenizers), each command alone on the rank's own GPU, and rank 0 aggregates once
 every cell's file exists."""
@@ -36,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import numpy as np
 import yaml
+from scipy import stats as scipy_stats
 from matplotlib.figure import Figure
 
 from halluscope.data import ImageWorld, VideoWorld
@@ -46,7 +47,7 @@ from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.config import PRESETS
 from halluscope.io import read_json, read_jsonl, write_json
 from halluscope.probes.context import context_split
-from halluscope.probes.stats import bootstrap_ci, paired_difference
+from halluscope.probes.stats import empty, interval
 
 KNOBS = {"image": "dependence", "clip": "randomness"}  # each world class's redundancy knob
 MODALITIES = {"image": IMAGE, "clip": CLIP}
@@ -54,6 +55,7 @@ SKILL = "normalised_skill_objects_invented_vs_marginal"  # 1: as few invented ob
 SKILL_LEVEL = 0.5  # "context needed": the smallest context whose mean skill (over seeds) reaches this
 FIGURES = ("objects_invented", SKILL, "match_mean", "diversity")  # per sampler and context
 IMAGE_DOWNSAMPLE = 4  # pixels per token side of the tiny image tokenizer (three levels, ch_mult (1, 1, 2))
+MIN_KEPT = 0.5  # an object hypothesis needs a tokenizer that keeps at least this share of the objects
 POLL_S = 5.0  # rank 0's wait between looks for the other ranks' cells
 
 
@@ -296,7 +298,15 @@ def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[
     return {"cell": dataclasses.asdict(cell), "plan": plan_key(plan), "models": models,
             "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c)}
                        for c in plan.contexts},
-            "tokenizer_psnr": finite(last_logged(folders["tokenizer"], "psnr"))}
+            "tokenizer_psnr": finite(last_logged(folders["tokenizer"], "psnr")),
+            "tokenizer_objects_kept": objects_kept(next(g for g in groups if g["sampler"] == oracle))}
+
+
+def objects_kept(group: dict) -> float | None:
+    """The share of the truth's objects its reconstruction keeps: near 0, every object figure
+    is 0 for any sampler (nothing left to invent or drop) and says nothing."""
+    truth, dropped = (mean_of(group["metrics"].get(k)) for k in ("objects_truth", "tokenizer_objects_dropped"))
+    return None if not truth or dropped is None else 1 - dropped / truth
 
 
 def finite(v: float) -> float | None:
@@ -335,8 +345,16 @@ def run_cell(out: Path, cell: Cell, plan: Plan) -> dict:
 
 
 def over_seeds(values: list[float | None]) -> dict:
-    """Mean over training seeds and its 95% bootstrap interval over them (n: seeds with a value)."""
-    return bootstrap_ci([None if v is None or not math.isfinite(v) else v for v in values])
+    """Mean over training seeds and its 95% Student-t interval over them (n: seeds with a value).
+    Seeds are few (2 or 3): a bootstrap over them would give [min, max] and call that 95%; t with
+    n − 1 degrees of freedom is honestly wide (±12.7 s/√2 for two seeds)."""
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return empty()
+    if len(v) == 1:
+        return interval(float(v[0]), None, 1)
+    half = float(scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return {"mean": float(v.mean()), "lo": float(v.mean() - half), "hi": float(v.mean() + half), "n": len(v)}
 
 
 def context_needed(contexts: dict[str, dict]) -> float | None:
@@ -357,6 +375,7 @@ def model_rows(results: list[dict], plan: Plan) -> list[dict]:
             per_seed = [s["models"][step] for s in seeds]
             rows.append({"variant": variant, "kind": kind, "knob": knob, "train": train, "preset": preset,
                          "step": int(step), "seeds": [s["cell"]["seed"] for s in seeds],
+                         "tokenizer_objects_kept": over_seeds([s.get("tokenizer_objects_kept") for s in seeds]),
                          "params": per_seed[0]["params"], "val_loss": over_seeds([m["val_loss"] for m in per_seed]),
                          "context_needed": over_seeds([context_needed(m["contexts"]) for m in per_seed]),
                          "context_needed_by_seed": [context_needed(m["contexts"]) for m in per_seed],
@@ -403,10 +422,15 @@ def fmt(ci: dict | None, digits: int = 3) -> str:
     return f"{ci['mean']:.{digits}g} [{lo}, {hi}]"
 
 
-def finding(claim: str, what: str, ci: dict, expect: int) -> dict:
+def finding(claim: str, what: str, ci: dict, expect: int, kept: dict | None = None) -> dict:
+    """A hypothesis's figure and verdict; an object figure (with `kept`, the share of objects
+    the tokenizer keeps) is not testable where the tokenizer keeps under MIN_KEPT of them."""
     v = verdict(ci, expect)
+    if kept is not None and (kept.get("mean") is None or kept["mean"] < MIN_KEPT):
+        share = "–" if kept.get("mean") is None else f"{kept['mean']:.2f}"
+        v = f"not testable (the tokenizer's decodings keep {share} of the truth's objects)"
     return {"claim": claim, "figure": what, "interval": ci, "verdict": v,
-            "sentence": f"{claim}: {what} = {fmt(ci)} (mean over {ci['n']} seeds [95% bootstrap interval]): {v}."}
+            "sentence": f"{claim}: {what} = {fmt(ci)} (mean over {ci['n']} seeds [95% t interval]): {v}."}
 
 
 def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
@@ -418,7 +442,8 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
         d = [diff(b["contexts"][hi_c]["objects_invented"], b["contexts"][lo_c]["objects_invented"])
              for b in m["by_seed"]]
         out.append(finding(f"more context, fewer invented objects ({m['variant']}, {m['preset']}, n={m['train']})",
-                           f"objects invented at context {hi_c} minus at {lo_c}", over_seeds(d), -1))
+                           f"objects invented at context {hi_c} minus at {lo_c}", over_seeds(d), -1,
+                           m["tokenizer_objects_kept"]))
     early = {(m["variant"], m["train"], m["preset"]): m for m in models if m["step"] == first}
     for m in (m for m in models if m["step"] == last and first != last):
         e = early[(m["variant"], m["train"], m["preset"])]
@@ -426,12 +451,13 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
                            f"n={m['train']}; val loss {fmt(e['val_loss'])} at step {first} → "
                            f"{fmt(m['val_loss'])} at step {last})",
                            f"context needed (skill ≥ {SKILL_LEVEL}) at step {last} minus at step {first}",
-                           paired_difference(m["context_needed_by_seed"], e["context_needed_by_seed"]), +1))
+                           over_seeds(list(map(diff, m["context_needed_by_seed"], e["context_needed_by_seed"]))), +1,
+                           m["tokenizer_objects_kept"]))  # the skill counts invented objects
     for m in (m for m in models if m["kind"] == "clip" and m["step"] == first):
         d = [diff(b["recognition_paired"], b["recognition_generative"]) for b in m["by_seed"]]
         out.append(finding(f"recognition comes before generation ({m['variant']}, {m['preset']}, n={m['train']}, "
                            f"step {first})", "paired recognition accuracy minus the generative two-alternative "
-                           "figure", over_seeds(d), +1))
+                           "figure", over_seeds(d), +1, m["tokenizer_objects_kept"]))  # generation is read in decoded pixels
     for kind, expect in (("clip", +1), ("image", -1)):  # more randomness / less dependence: less redundant
         mine = [m for m in models if m["kind"] == kind and m["step"] == last]
         knobs = sorted({m["knob"] for m in mine})
@@ -443,8 +469,13 @@ def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
             out.append(finding(f"a more redundant world, fewer invented objects ({kind}, {KNOBS[kind]} "
                                f"{knobs[0]:g} → {knobs[-1]:g}, {key[1]}, n={key[0]}, context {hi_c})",
                                f"objects invented at {KNOBS[kind]} {knobs[-1]:g} minus at {knobs[0]:g}",
-                               over_seeds(d), expect))
+                               over_seeds(d), expect, worst_kept(at[knobs[0]], at[knobs[-1]])))
     return out
+
+
+def worst_kept(*models: dict) -> dict:
+    """Of several models' tokenizer_objects_kept, the lowest (an unknown one first)."""
+    return min((m["tokenizer_objects_kept"] for m in models), key=lambda k: -1 if k.get("mean") is None else k["mean"])
 
 
 def diff(a: float | None, b: float | None) -> float | None:
@@ -565,7 +596,7 @@ def write_html(study: dict, plots: list[Path], out: Path) -> Path:
     found = "".join(f"<li>{html.escape(h['sentence'])}</li>" for h in study["hypotheses"])
     images = "".join(f'<p><img src="plots/{p.name}" alt="{p.stem}" style="max-width:100%"></p>' for p in plots)
     page = (f"<!doctype html><meta charset='utf-8'><title>halluscope study</title><h1>Study</h1>"
-            f"<p>{len(study['cells'])} cells; every figure is the mean over training seeds [95% bootstrap interval "
+            f"<p>{len(study['cells'])} cells; every figure is the mean over training seeds [95% Student-t interval "
             f"over seeds]. Skill: {SKILL}; context needed: the smallest context whose skill reaches "
             f"{SKILL_LEVEL}.</p><h2>What the study found</h2><ul>{found}</ul><h2>Figures</h2>{images}"
             "<h2>Models</h2><table border=1><tr><th>world</th><th>preset</th><th>train</th><th>step</th>"
