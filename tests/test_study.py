@@ -128,6 +128,10 @@ def test_ranks_share_the_cells_and_rank_0_reports(tmp_path, monkeypatch):
     ({"worlds": [{"kind": "image", "randomness": [0.0]}]}, "unknown key 'randomness' for a image world"),
     ({"worlds": [{"kind": "clip", "frames": 8, "randomness": [0.0]}], "contexts": [0.2]}, "rounds to 0"),
     ({"presets": ["huge"]}, "unknown preset 'huge'"),
+    ({"worlds": [{"kind": "clip", "randomness": [0.0], "downsample": "3,4,4"}]}, "downsample must be three powers"),
+    ({"worlds": [{"kind": "image", "dependence": [0.0], "downsample": "4,4,4"}]}, "unknown key 'downsample' for an"),
+    ({"worlds": [{"kind": "clip", "size": 32, "frames": 12, "randomness": [0.0], "downsample": "8,4,4"}]},
+     "frames a multiple of 8"),
     ({"worlds": [{"kind": "clip", "size": 36, "randomness": [0.0]}]}, "size a multiple of 8 and frames a multiple"),
 ])
 def test_a_bad_plan_is_one_line_before_anything_runs(tmp_path, capsys, change, message):

@@ -69,6 +69,7 @@ class WorldPlan:
     size: int = 32
     frames: int = 8  # clips only
     tokenizer_steps: int = 100
+    downsample: str = ""  # clips only: "T,H,W" pixels per token; "" = the demo's (4,8,8)
 
 
 @dataclass
@@ -93,11 +94,13 @@ class Cell:
     train: int
     preset: str
     seed: int
+    downsample: str = ""  # clips: "T,H,W", "" the demo's
 
     @property
     def variant(self) -> str:
         frames = f"x{self.frames}" if self.kind == "clip" else ""
-        return f"{self.kind}-{KNOBS[self.kind]}{self.knob:g}-s{self.size}{frames}"
+        tokens = f"-d{self.downsample.replace(',', 'x')}" if self.downsample else ""
+        return f"{self.kind}-{KNOBS[self.kind]}{self.knob:g}-s{self.size}{frames}{tokens}"
 
     @property
     def name(self) -> str:
@@ -147,8 +150,9 @@ def parse_world(raw: object, i: int) -> WorldPlan:
     other = next((k for k in KNOBS.values() if k != knob and k in raw), None)
     if other:
         raise UserError(f"{where}: unknown key {other!r} for a {raw['kind']} world (its knob is {knob!r})")
-    if raw["kind"] == "image" and "frames" in raw:
-        raise UserError(f"{where}: unknown key 'frames' for an image world")
+    for key in ("frames", "downsample") if raw["kind"] == "image" else ():
+        if key in raw:
+            raise UserError(f"{where}: unknown key {key!r} for an image world")
     if "values" in raw:
         raise UserError(f"{where}: unknown key 'values'; name the knob: {knob}: [...]")
     d = {("values" if k == knob else k): v for k, v in raw.items()}
@@ -163,7 +167,8 @@ def parse_world(raw: object, i: int) -> WorldPlan:
         Cell(w.kind, w.values[0], w.size, w.frames, 1, 1, "tiny", 0).world()  # the world's own checks
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
-    dt, dh, _ = clip_downsample() if w.kind == "clip" else (1, IMAGE_DOWNSAMPLE, 1)
+    w.downsample = parse_downsample(w.downsample, where) if w.kind == "clip" else ""
+    dt, dh, _ = clip_downsample(w.downsample) if w.kind == "clip" else (1, IMAGE_DOWNSAMPLE, 1)
     if w.size % dh or w.frames % dt:
         raise UserError(f"{where}: the {w.kind} tokenizer needs size a multiple of {dh}"
                         + (f" and frames a multiple of {dt}" if w.kind == "clip" else "") + f", got size {w.size}"
@@ -171,15 +176,26 @@ def parse_world(raw: object, i: int) -> WorldPlan:
     return w
 
 
-def clip_downsample() -> tuple[int, ...]:
-    """(frames, rows, columns) per token of the demo's clip tokenizer."""
+def parse_downsample(raw: object, where: str) -> str:
+    """A clip tokenizer's "T,H,W" pixels per token (each a power of two, as the 3D VQGAN's
+    strides are), normalised; "" keeps the demo's."""
+    if raw in ("", None):
+        return ""
+    parts = str(raw).replace(" ", "").split(",")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 and int(p) & (int(p) - 1) == 0 for p in parts):
+        raise UserError(f"{where}.downsample must be three powers of two 'T,H,W', got {raw!r}")
+    return ",".join(str(int(p)) for p in parts)
+
+
+def clip_downsample(downsample: str = "") -> tuple[int, ...]:
+    """(frames, rows, columns) per token of a clip tokenizer: the plan's, else the demo's."""
     flags = CLIP.tokenizer_flags
-    return tuple(int(v) for v in flags[flags.index("--downsample") + 1].split(","))
+    return tuple(int(v) for v in (downsample or flags[flags.index("--downsample") + 1]).split(","))
 
 
-def clip_units(frames: int) -> int:
-    """Latent frames of a clip world under the demo's clip tokenizer."""
-    return frames // clip_downsample()[0]
+def clip_units(frames: int, downsample: str = "") -> int:
+    """Latent frames of a clip world under the plan's clip tokenizer."""
+    return frames // clip_downsample(downsample)[0]
 
 
 def parse_plan(raw: object) -> Plan:
@@ -198,7 +214,7 @@ def parse_plan(raw: object) -> Plan:
     for i, w in enumerate(worlds):
         for c in contexts if w.kind == "clip" else ():
             try:
-                context_split((clip_units(w.frames), 1, 1), c)  # a clip grid: (t, h, w)
+                context_split((clip_units(w.frames, w.downsample), 1, 1), c)  # a clip grid: (t, h, w)
             except UserError as e:
                 raise UserError(f"plan key 'contexts' for worlds[{i}] ({w.frames} frames): {e}") from None
     return Plan(worlds=worlds,
@@ -219,7 +235,7 @@ def read_plan(path: Path) -> Plan:
 
 
 def cells(plan: Plan) -> list[Cell]:
-    return [Cell(w.kind, v, w.size, w.frames, w.tokenizer_steps, n, p, s)
+    return [Cell(w.kind, v, w.size, w.frames, w.tokenizer_steps, n, p, s, w.downsample)
             for w in plan.worlds for v in w.values for n in plan.train for p in plan.presets for s in plan.seeds]
 
 
@@ -237,7 +253,8 @@ def gpt_flags(preset: str, steps: list[int]) -> tuple:
 def train_cell(out: Path, cell: Cell, plan: Plan) -> dict[str, Path]:
     """The demo's stages for one cell; the tokenizer is shared by the presets of a seed."""
     base = MODALITIES[cell.kind]
-    shape = ("--resolution", str(cell.size), *(("--frames", str(cell.frames)) if cell.kind == "clip" else ()))
+    shape = ("--resolution", str(cell.size), *(("--frames", str(cell.frames)) if cell.kind == "clip" else ()),
+             *(("--downsample", cell.downsample) if cell.downsample else ()))  # after the demo's: argparse keeps the last
     m = dataclasses.replace(base, world=cell.world(), tokenizer_flags=(*base.tokenizer_flags, *shape))
     size = DemoSize(train=cell.train, heldout=plan.heldout, tokenizer_steps={m.name: cell.tokenizer_steps},
                     gpt_steps=plan.steps[-1], samples=plan.samples)
