@@ -45,7 +45,7 @@ from halluscope.demo import CLIP, IMAGE, DemoSize, last_logged, run, train_modal
 from halluscope.errors import UserError
 from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.config import PRESETS
-from halluscope.io import read_json, read_jsonl, write_json
+from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.context import context_split
 from halluscope.probes.stats import empty, interval
 
@@ -515,12 +515,12 @@ def errorbar(ax, xs: list[float], cis: list[dict], **kw) -> None:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:  # a reader sees the old plot or the new one, never half
+        fig.savefig(tmp, format="png", dpi=90)
     return path
 
 
@@ -619,7 +619,8 @@ def write_html(study: dict, plots: list[Path], out: Path) -> Path:
             "<h2>Models</h2><table border=1><tr><th>world</th><th>preset</th><th>train</th><th>step</th>"
             "<th>parameters</th><th>val loss</th><th>context needed</th><th>recognition (paired)</th>"
             f"<th>generative</th></tr>{rows}</table>")
-    (out / "study.html").write_text(page)
+    with atomic_path(out / "study.html") as tmp:
+        tmp.write_text(page)
     return out / "study.html"
 
 

@@ -143,8 +143,9 @@ def detection_metrics(tokens: torch.Tensor, pixels: torch.Tensor, features: torc
     out = {"token_disagreement": metrics.token_diversity(tokens[1:]),
            "pixel_disagreement": metrics.pairwise_mse(pixels[1:]),
            "feature_disagreement": metrics.pairwise_mse(features[1:])}
+    d = None  # feature distances in units of the scale, row 0 the truth, row 1 the answer
     if math.isfinite(scale) and scale > 0:
-        d = rms_distances(torch.cat([truth_features[None], features])) / scale  # row 0 the truth
+        d = rms_distances(torch.cat([truth_features[None], features])) / scale
         error = float(d[0, 1])
         out.update({"answer_feature_error": error, "answer_feature_wrong": float(error > FEATURE_TOLERANCE),
                     **dict(zip(("feature_classes", "feature_semantic_entropy"),
@@ -157,7 +158,7 @@ def detection_metrics(tokens: torch.Tensor, pixels: torch.Tensor, features: torc
                     "answer_nll": (nll[0] / logprobs.shape[1]).item()})
     if seg is not None:
         out.update(object_part(seg))
-        if "feature_classes" in out:
+        if d is not None:
             out["feature_class_agreement"] = class_agreement(seg.distances[2:, 2:], d[2:, 2:])
     return {PREFIX + k: v for k, v in out.items()}
 
