@@ -4,6 +4,7 @@ and the oracle's dose-response follows the world's known answer."""
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from halluscope import study as study_module
 from halluscope.cli import main
 from halluscope.data import ImageWorld, VideoWorld
 from halluscope.data.answers import known_answer
+from halluscope.probes.context import context_split
 
 PLAN = {"worlds": [{"kind": "clip", "size": 32, "frames": 8, "randomness": [0.0, 1.0], "tokenizer_steps": 2},
                    {"kind": "image", "size": 32, "dependence": [0.0, 1.0], "tokenizer_steps": 2}],
@@ -87,6 +89,12 @@ def test_the_oracle_follows_the_worlds_known_answer(study):
             known_answer(VideoWorld(size=32, frames=8, randomness=knob), 4)["conditional_entropy_bits"])
     assert oracle[0.0]["true_entropy_bits"] == 0 and oracle[0.0]["diversity"]["hi"] == 0
     assert oracle[1.0]["true_entropy_bits"] > 0
+    # The entropy is given the state at the cut; the oracle's draws vary only where the pixels
+    # leave that state uncertain (or the world kicks): no differing state, no diversity at 0.
+    for c, row in next(o for o in rows if o["kind"] == "clip" and o["knob"] == 0.0)["contexts"].items():
+        assert 0 <= row["state_differs"]["mean"] <= 1
+        assert row["diversity"]["mean"] == 0 or row["state_differs"]["mean"] > 0, c
+    assert "state differs" in (study / "out" / "study.html").read_text()
     image = {o["knob"]: o["contexts"]["0.5"] for o in rows if o["kind"] == "image"}
     assert image[1.0]["true_entropy_bits"] == known_answer(ImageWorld(size=32, dependence=1.0), 16)[
         "conditional_entropy_bits"] == 0
@@ -140,3 +148,14 @@ def test_a_bad_plan_is_one_line_before_anything_runs(tmp_path, capsys, change, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("halluscope study: error: ") and message in err and "\n" not in err
     assert not (out / "runs").exists()
+
+
+def test_the_shipped_plan_is_valid_and_distinguishes_its_contexts():
+    # The plan the README runs: it must parse, and each context must keep a different number of
+    # latent frames / token rows (two contexts rounding to one cut would be one point twice).
+    plan = study_module.read_plan(Path(__file__).parents[1] / "examples" / "study-small.yaml")
+    assert len(study_module.cells(plan)) == 12
+    for w in plan.worlds:
+        units = study_module.clip_units(w.frames, w.downsample) if w.kind == "clip" else w.size // 4  # 8x8 images
+        cuts = [context_split((units, 1, 1), c)[0] for c in plan.contexts]
+        assert cuts == sorted(set(cuts)) and cuts[0] >= 1, (w, cuts)

@@ -296,9 +296,11 @@ def val_loss_at(gpt: Path, step: int) -> float | None:
 def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[dict], recognition: dict) -> dict:
     """One cell's figures: per checkpoint its size, val loss, per-context GPT figures and
     recognition; per context the oracle's figures and the world's true conditional entropy."""
+    def group(sampler: str, context: float) -> dict:
+        return next(g for g in groups if g["sampler"] == sampler and g["context"] == context)
+
     def at(sampler: str, context: float) -> dict:
-        g = next(g for g in groups if g["sampler"] == sampler and g["context"] == context)
-        return {f: mean_of(g["metrics"].get(f)) for f in FIGURES}
+        return {f: mean_of(group(sampler, context)["metrics"].get(f)) for f in FIGURES}
 
     labels = {g["settings"].get("gpt"): g["sampler"] for g in groups}
     oracle = next(g["sampler"] for g in groups if g["settings"].get("gpt") == "oracle")
@@ -313,7 +315,8 @@ def cell_figures(cell: Cell, plan: Plan, folders: dict[str, Path], groups: list[
                              "recognition_generative": mean_of(rec.get("generative_accuracy"))}
     world, grid = cell.world(), read_json(folders["tokens"] / "manifest.json", "token manifest")["grid"]
     return {"cell": dataclasses.asdict(cell), "plan": plan_key(plan), "models": models,
-            "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c)}
+            "oracle": {str(c): {**at(oracle, c), "true_entropy_bits": true_entropy(world, grid, c),
+                                "state_differs": mean_of(group(oracle, c)["metrics"].get("sampler_state_differs"))}
                        for c in plan.contexts},
             "tokenizer_psnr": finite(last_logged(folders["tokenizer"], "psnr")),
             "tokenizer_objects_kept": objects_kept(next(g for g in groups if g["sampler"] == oracle))}
@@ -405,13 +408,15 @@ def model_rows(results: list[dict], plan: Plan) -> list[dict]:
 
 
 def oracle_rows(results: list[dict]) -> list[dict]:
-    """One row per world variant: the oracle's figures over seeds (its tokenizer is the seed's)
-    and the world's true conditional entropy."""
+    """One row per world variant: the oracle's figures over seeds (its tokenizer is the seed's),
+    the world's true conditional entropy, and (clips) how often the oracle's posterior state at
+    the cut differs from the recorded one: the entropy is given that state, a lower bound on the
+    entropy given the context's pixels, which is what the oracle samples from."""
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(Cell(**r["cell"]).variant, []).append(r)
     return [{"variant": v, "kind": rs[0]["cell"]["kind"], "knob": rs[0]["cell"]["knob"],
-             "contexts": {c: {**{f: over_seeds([r["oracle"][c][f] for r in rs]) for f in FIGURES},
+             "contexts": {c: {**{f: over_seeds([r["oracle"][c][f] for r in rs]) for f in (*FIGURES, "state_differs")},
                               "true_entropy_bits": rs[0]["oracle"][c]["true_entropy_bits"]}
                           for c in rs[0]["oracle"]}}
             for v, rs in groups.items()]
@@ -604,12 +609,21 @@ def plot_dose(models: list[dict], oracles: list[dict], kind: str, step: int, pat
     return save(fig, path)
 
 
+def bits(entropy: float | None) -> str:
+    return "–" if entropy is None else f"{entropy:.3g}"
+
+
 def write_html(study: dict, plots: list[Path], out: Path) -> Path:
     """study.html: the hypotheses' sentences, the figures and a table of every model."""
     rows = "".join(f"<tr><td>{html.escape(m['variant'])}</td><td>{m['preset']}</td><td>{m['train']}</td>"
                    f"<td>{m['step']}</td><td>{m['params']}</td><td>{fmt(m['val_loss'])}</td>"
                    f"<td>{fmt(m['context_needed'])}</td><td>{fmt(m['recognition_paired'])}</td>"
                    f"<td>{fmt(m['recognition_generative'])}</td></tr>" for m in study["models"])
+    oracle = "".join(f"<tr><td>{html.escape(o['variant'])}</td><td>{c}</td>"
+                     f"<td>{fmt(o['contexts'][c]['diversity'])}</td><td>{fmt(o['contexts'][c]['match_mean'])}</td>"
+                     f"<td>{fmt(o['contexts'][c]['state_differs'])}</td>"
+                     f"<td>{bits(o['contexts'][c]['true_entropy_bits'])}</td></tr>"
+                     for o in study["oracle"] for c in sorted(o["contexts"], key=float))
     found = "".join(f"<li>{html.escape(h['sentence'])}</li>" for h in study["hypotheses"])
     images = "".join(f'<p><img src="plots/{p.name}" alt="{p.stem}" style="max-width:100%"></p>' for p in plots)
     page = (f"<!doctype html><meta charset='utf-8'><title>halluscope study</title><h1>Study</h1>"
@@ -618,7 +632,13 @@ def write_html(study: dict, plots: list[Path], out: Path) -> Path:
             f"{SKILL_LEVEL}.</p><h2>What the study found</h2><ul>{found}</ul><h2>Figures</h2>{images}"
             "<h2>Models</h2><table border=1><tr><th>world</th><th>preset</th><th>train</th><th>step</th>"
             "<th>parameters</th><th>val loss</th><th>context needed</th><th>recognition (paired)</th>"
-            f"<th>generative</th></tr>{rows}</table>")
+            f"<th>generative</th></tr>{rows}</table>"
+            "<h2>The oracle and the world's known answer</h2><p>The true entropy is the world's, given the "
+            "shapes' state at the cut (data.answers.known_answer); the oracle samples the exact posterior "
+            "given the context's pixels, which need not pin that state down (state differs: the share of "
+            "its draws whose state at the cut is not the recorded one), so its diversity may exceed what "
+            "the entropy alone implies.</p><table border=1><tr><th>world</th><th>context</th><th>diversity</th>"
+            f"<th>match</th><th>state differs</th><th>true entropy (bits)</th></tr>{oracle}</table>")
     with atomic_path(out / "study.html") as tmp:
         tmp.write_text(page)
     return out / "study.html"
