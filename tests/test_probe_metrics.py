@@ -7,7 +7,7 @@ import torch
 from probe_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from halluscope.probes import metrics
-from halluscope.probes.stats import bootstrap_ci
+from halluscope.probes.stats import bootstrap_ci, fmt_interval, ratio_ci
 
 
 def test_token_metrics_known_values():
@@ -78,3 +78,12 @@ def test_bootstrap_interval():
     ci = bootstrap_ci([0.0, 1.0] * 50 + [float("nan"), None])
     assert ci["n"] == 100 and ci["mean"] == 0.5 and 0.38 < ci["lo"] < 0.5 < ci["hi"] < 0.62
     assert bootstrap_ci([])["mean"] is None
+
+
+def test_an_interval_as_text_names_an_unbounded_end():
+    assert fmt_interval({"mean": 0.5, "lo": 0.25, "hi": 0.75, "n": 4}, ".3f") == "0.500 [0.250, 0.750]"
+    assert fmt_interval({"mean": -0.5, "lo": -0.625, "hi": 0.125, "n": 4}, "+.2f") == "-0.50 [-0.62, +0.12]"
+    ratio = ratio_ci([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])  # resamples with a zero denominator: unbounded above
+    assert ratio["hi"] is None and fmt_interval(ratio).endswith(", ∞]")
+    assert fmt_interval({"mean": 1.0, "lo": None, "hi": None, "n": 2}) == "1 [−∞, ∞]"
+    assert fmt_interval(None) == fmt_interval({"mean": None, "lo": None, "hi": None, "n": 0}) == "–"

@@ -2,6 +2,7 @@
 cell with seed intervals, reuses everything on a second run, refuses bad plans in one line,
 and the oracle's dose-response follows the world's known answer."""
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -159,3 +160,39 @@ def test_the_shipped_plan_is_valid_and_distinguishes_its_contexts():
         units = study_module.clip_units(w.frames, w.downsample) if w.kind == "clip" else w.size // 4  # 8x8 images
         cuts = [context_split((units, 1, 1), c)[0] for c in plan.contexts]
         assert cuts == sorted(set(cuts)) and cuts[0] >= 1, (w, cuts)
+
+
+def knowing(plan, needed):
+    """Fake cells of one image world: needed[(preset, train)] lists, per seed, the context at
+    which that model's skill first reaches the level (the larger preset has more parameters)."""
+    results = []
+    for (preset, train), per_seed in needed.items():
+        for seed, at in enumerate(per_seed):
+            contexts = {str(c): {"objects_invented": 1.0 - c, study_module.SKILL: 1.0 if c >= at else 0.0,
+                                 "match_mean": 0.5, "diversity": 0.5} for c in plan.contexts}
+            cell = study_module.Cell("image", 1.0, 32, 8, 10, train, preset, seed)
+            results.append({"cell": dataclasses.asdict(cell), "tokenizer_objects_kept": 0.9,
+                            "models": {str(plan.steps[-1]): {"params": {"tiny": 1000, "small": 5000}[preset],
+                                                             "val_loss": 2.0 - seed / 10, "contexts": contexts,
+                                                             "recognition_paired": None,
+                                                             "recognition_generative": None}}})
+    return study_module.hypotheses(study_module.model_rows(results, plan), plan)
+
+
+@pytest.mark.parametrize("larger, verdict", [(0.75, "supported"), (0.5, "not supported (the interval holds 0)"),
+                                             (0.25, "contradicted")])
+def test_knowing_more_by_size_or_data_is_tested_paired_by_seed(larger, verdict):
+    # Knowing more by a larger preset or by more training examples: the difference of context
+    # needed, seed by seed, supports the claim, holds 0, or contradicts it (known answers).
+    plan = study_module.parse_plan({**PLAN, "worlds": [{"kind": "image", "dependence": [1.0]}], "steps": [600],
+                                    "presets": ["tiny", "small"], "train": [100, 1000],
+                                    "contexts": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]})
+    found = knowing(plan, {("tiny", 100): [0.5] * 3, ("small", 100): [larger] * 3,
+                           ("tiny", 1000): [larger] * 3, ("small", 1000): [0.5] * 3})
+    by_size = [h for h in found if "tiny (1000 parameters) → small (5000)" in h["claim"]]
+    by_data = [h for h in found if "tiny, step 600, n=100 → n=1000" in h["claim"]]
+    assert len(by_size) == 2 and len(by_data) == 1 and len(found) == 4 + 2 + 2  # + more context, more redundant: none
+    n100 = next(h for h in by_size if "n=100," in h["claim"])
+    assert n100["verdict"] == verdict and n100["interval"]["n"] == 3
+    assert n100["interval"]["mean"] == pytest.approx(larger - 0.5)
+    assert by_data[0]["verdict"] == verdict

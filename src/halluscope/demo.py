@@ -27,6 +27,7 @@ from halluscope.cli import main as halluscope
 from halluscope.data import ImageWorld, VideoWorld, write_world
 from halluscope.errors import UserError
 from halluscope.io import read_json, read_jsonl, write_json
+from halluscope.probes.stats import fmt_interval
 
 
 @dataclass
@@ -242,10 +243,7 @@ def finding_rows(runs: list[Path], recognition: dict) -> list[dict]:
 
 
 def fmt(ci: dict | None) -> str:
-    if not ci or ci.get("mean") is None:
-        return "–"
-    lo, hi = ("∞" if v is None else f"{v:.3f}" for v in (ci["lo"], ci["hi"]))  # a ratio's interval may be unbounded
-    return f"{ci['mean']:.3f} [{lo}, {hi}]"
+    return fmt_interval(ci, ".3f")  # a ratio's interval may be unbounded: ∞
 
 
 def format_table(rows: list[dict], training: dict) -> str:

@@ -47,7 +47,7 @@ from halluscope.gpt.checkpoint import load_gpt
 from halluscope.gpt.config import PRESETS
 from halluscope.io import atomic_path, read_json, read_jsonl, write_json
 from halluscope.probes.context import context_split
-from halluscope.probes.stats import empty, interval
+from halluscope.probes.stats import empty, fmt_interval, interval
 
 KNOBS = {"image": "dependence", "clip": "randomness"}  # each world class's redundancy knob
 MODALITIES = {"image": IMAGE, "clip": CLIP}
@@ -398,7 +398,6 @@ def model_rows(results: list[dict], plan: Plan) -> list[dict]:
                          "tokenizer_objects_kept": over_seeds([s.get("tokenizer_objects_kept") for s in seeds]),
                          "params": per_seed[0]["params"], "val_loss": over_seeds([m["val_loss"] for m in per_seed]),
                          "context_needed": over_seeds([context_needed(m["contexts"]) for m in per_seed]),
-                         "context_needed_by_seed": [context_needed(m["contexts"]) for m in per_seed],
                          "contexts": {c: {f: over_seeds([m["contexts"][c][f] for m in per_seed]) for f in FIGURES}
                                       for c in per_seed[0]["contexts"]},
                          **{k: over_seeds([m[k] for m in per_seed]) for k in ("recognition_paired",
@@ -437,13 +436,6 @@ def verdict(ci: dict, expect: int) -> str:
     return "not supported (the interval holds 0)"
 
 
-def fmt(ci: dict | None, digits: int = 3) -> str:
-    if not ci or ci.get("mean") is None:
-        return "–"
-    lo, hi = ("?" if v is None else f"{v:.{digits}g}" for v in (ci["lo"], ci["hi"]))
-    return f"{ci['mean']:.{digits}g} [{lo}, {hi}]"
-
-
 def finding(claim: str, what: str, ci: dict, expect: int, kept: dict | None = None) -> dict:
     """A hypothesis's figure and verdict; an object figure (with `kept`, the share of objects
     the tokenizer keeps) is not testable where the tokenizer keeps under MIN_KEPT of them."""
@@ -452,47 +444,92 @@ def finding(claim: str, what: str, ci: dict, expect: int, kept: dict | None = No
         share = "–" if kept.get("mean") is None else f"{kept['mean']:.2f}"
         v = f"not testable (the tokenizer's decodings keep {share} of the truth's objects)"
     return {"claim": claim, "figure": what, "interval": ci, "verdict": v,
-            "sentence": f"{claim}: {what} = {fmt(ci)} (mean over {ci['n']} seeds [95% t interval]): {v}."}
+            "sentence": f"{claim}: {what} = {fmt_interval(ci)} (mean over {ci['n']} seeds [95% t interval]): {v}."}
 
 
 def hypotheses(models: list[dict], plan: Plan) -> list[dict]:
     """Each hypothesis tested as a per-seed difference with its interval over seeds."""
-    last, first = plan.steps[-1], plan.steps[0]
+    final = [m for m in models if m["step"] == plan.steps[-1]]
+    return [*more_context(final, plan), *knows_more(models, final, plan), *recognition_first(models, plan),
+            *more_redundant(final, plan)]
+
+
+def more_context(final: list[dict], plan: Plan) -> list[dict]:
+    """More context, fewer invented objects: at the largest context minus at the smallest."""
     lo_c, hi_c = str(plan.contexts[0]), str(plan.contexts[-1])
     out = []
-    for m in (m for m in models if m["step"] == last and lo_c != hi_c):
+    for m in final if lo_c != hi_c else ():
         d = [diff(b["contexts"][hi_c]["objects_invented"], b["contexts"][lo_c]["objects_invented"])
              for b in m["by_seed"]]
         out.append(finding(f"more context, fewer invented objects ({m['variant']}, {m['preset']}, n={m['train']})",
                            f"objects invented at context {hi_c} minus at {lo_c}", over_seeds(d), -1,
                            m["tokenizer_objects_kept"]))
+    return out
+
+
+def knows_more(models: list[dict], final: list[dict], plan: Plan) -> list[dict]:
+    """The more a model knows, the more context it needs: knowing more by longer training, a
+    larger model (the plan's presets) or more training examples (its sizes)."""
+    first, last = plan.steps[0], plan.steps[-1]
     early = {(m["variant"], m["train"], m["preset"]): m for m in models if m["step"] == first}
-    for m in (m for m in models if m["step"] == last and first != last):
-        e = early[(m["variant"], m["train"], m["preset"])]
-        out.append(finding(f"the more a model knows, the more context it needs ({m['variant']}, {m['preset']}, "
-                           f"n={m['train']}; val loss {fmt(e['val_loss'])} at step {first} → "
-                           f"{fmt(m['val_loss'])} at step {last})",
-                           f"context needed (skill ≥ {SKILL_LEVEL}) at step {last} minus at step {first}",
-                           over_seeds(list(map(diff, m["context_needed_by_seed"], e["context_needed_by_seed"]))), +1,
-                           m["tokenizer_objects_kept"]))  # the skill counts invented objects
-    for m in (m for m in models if m["kind"] == "clip" and m["step"] == first):
-        d = [diff(b["recognition_paired"], b["recognition_generative"]) for b in m["by_seed"]]
-        out.append(finding(f"recognition comes before generation ({m['variant']}, {m['preset']}, n={m['train']}, "
-                           f"step {first})", "paired recognition accuracy minus the generative two-alternative "
-                           "figure", over_seeds(d), +1, m["tokenizer_objects_kept"]))  # generation is read in decoded pixels
+    out = [needs_more_context(m, early[(m["variant"], m["train"], m["preset"])],
+                              f"{m['preset']}, n={m['train']}, step {first} → {last}")
+           for m in (final if first != last else ())]
+    for key in sorted({(m["variant"], m["train"]) for m in final}):
+        sizes = sorted((m for m in final if (m["variant"], m["train"]) == key), key=lambda m: m["params"])
+        if len(sizes) > 1:
+            small, large = sizes[0], sizes[-1]
+            out.append(needs_more_context(large, small, f"n={key[1]}, step {last}, {small['preset']} "
+                                          f"({small['params']} parameters) → {large['preset']} ({large['params']})"))
+    for key in sorted({(m["variant"], m["preset"]) for m in final}):
+        sizes = sorted((m for m in final if (m["variant"], m["preset"]) == key), key=lambda m: m["train"])
+        if len(sizes) > 1:
+            out.append(needs_more_context(sizes[-1], sizes[0], f"{key[1]}, step {last}, "
+                                          f"n={sizes[0]['train']} → n={sizes[-1]['train']}"))
+    return out
+
+
+def recognition_first(models: list[dict], plan: Plan) -> list[dict]:
+    """Recognition comes before generation (clips): paired minus generative at the shortest length."""
+    first = plan.steps[0]
+    return [finding(f"recognition comes before generation ({m['variant']}, {m['preset']}, n={m['train']}, "
+                    f"step {first})", "paired recognition accuracy minus the generative two-alternative figure",
+                    over_seeds([diff(b["recognition_paired"], b["recognition_generative"]) for b in m["by_seed"]]),
+                    +1, m["tokenizer_objects_kept"])  # generation is read in decoded pixels
+            for m in models if m["kind"] == "clip" and m["step"] == first]
+
+
+def more_redundant(final: list[dict], plan: Plan) -> list[dict]:
+    """A more redundant world, fewer invented objects: at the knob's two ends, paired by seed."""
+    hi_c, out = str(plan.contexts[-1]), []
     for kind, expect in (("clip", +1), ("image", -1)):  # more randomness / less dependence: less redundant
-        mine = [m for m in models if m["kind"] == kind and m["step"] == last]
+        mine = [m for m in final if m["kind"] == kind]
         knobs = sorted({m["knob"] for m in mine})
         for key in sorted({(m["train"], m["preset"]) for m in mine}) if len(knobs) > 1 else ():
             at = {m["knob"]: m for m in mine if (m["train"], m["preset"]) == key}
-            ends = [dict(zip(at[k]["seeds"], at[k]["by_seed"])) for k in (knobs[0], knobs[-1])]  # paired by seed
-            seeds = sorted(set(ends[0]) & set(ends[1]))
-            d = [diff(*(end[s]["contexts"][hi_c]["objects_invented"] for end in reversed(ends))) for s in seeds]
+            d = paired(at[knobs[-1]], at[knobs[0]], lambda b: b["contexts"][hi_c]["objects_invented"])
             out.append(finding(f"a more redundant world, fewer invented objects ({kind}, {KNOBS[kind]} "
                                f"{knobs[0]:g} → {knobs[-1]:g}, {key[1]}, n={key[0]}, context {hi_c})",
                                f"objects invented at {KNOBS[kind]} {knobs[-1]:g} minus at {knobs[0]:g}",
                                over_seeds(d), expect, worst_kept(at[knobs[0]], at[knobs[-1]])))
     return out
+
+
+def needs_more_context(more: dict, less: dict, change: str) -> dict:
+    """"The more a model knows, the more context it needs", for two models of one world that
+    differ in one way (`change`, from `less` to `more`): the difference of their context needed,
+    paired by seed; their val losses say whether `more` does know more."""
+    d = paired(more, less, lambda b: context_needed(b["contexts"]))
+    return finding(f"the more a model knows, the more context it needs ({more['variant']}, {change}; val loss "
+                   f"{fmt_interval(less['val_loss'])} → {fmt_interval(more['val_loss'])})",
+                   f"context needed (skill ≥ {SKILL_LEVEL}) after the change minus before", over_seeds(d), +1,
+                   worst_kept(more, less))  # the skill counts invented objects
+
+
+def paired(a: dict, b: dict, value) -> list[float | None]:
+    """value(a's figures) − value(b's) for each training seed both models have."""
+    at, bt = (dict(zip(m["seeds"], m["by_seed"])) for m in (a, b))
+    return [diff(value(at[s]), value(bt[s])) for s in sorted(set(at) & set(bt))]
 
 
 def worst_kept(*models: dict) -> dict:
@@ -616,13 +653,13 @@ def bits(entropy: float | None) -> str:
 def write_html(study: dict, plots: list[Path], out: Path) -> Path:
     """study.html: the hypotheses' sentences, the figures and a table of every model."""
     rows = "".join(f"<tr><td>{html.escape(m['variant'])}</td><td>{m['preset']}</td><td>{m['train']}</td>"
-                   f"<td>{m['step']}</td><td>{m['params']}</td><td>{fmt(m['val_loss'])}</td>"
-                   f"<td>{fmt(m['context_needed'])}</td><td>{fmt(m['recognition_paired'])}</td>"
-                   f"<td>{fmt(m['recognition_generative'])}</td></tr>" for m in study["models"])
+                   f"<td>{m['step']}</td><td>{m['params']}</td><td>{fmt_interval(m['val_loss'])}</td>"
+                   f"<td>{fmt_interval(m['context_needed'])}</td><td>{fmt_interval(m['recognition_paired'])}</td>"
+                   f"<td>{fmt_interval(m['recognition_generative'])}</td></tr>" for m in study["models"])
     oracle = "".join(f"<tr><td>{html.escape(o['variant'])}</td><td>{c}</td>"
-                     f"<td>{fmt(o['contexts'][c]['diversity'])}</td><td>{fmt(o['contexts'][c]['match_mean'])}</td>"
-                     f"<td>{fmt(o['contexts'][c]['state_differs'])}</td>"
-                     f"<td>{bits(o['contexts'][c]['true_entropy_bits'])}</td></tr>"
+                     + "".join(f"<td>{fmt_interval(o['contexts'][c][f])}</td>"
+                               for f in ("diversity", "match_mean", "state_differs"))
+                     + f"<td>{bits(o['contexts'][c]['true_entropy_bits'])}</td></tr>"
                      for o in study["oracle"] for c in sorted(o["contexts"], key=float))
     found = "".join(f"<li>{html.escape(h['sentence'])}</li>" for h in study["hypotheses"])
     images = "".join(f'<p><img src="plots/{p.name}" alt="{p.stem}" style="max-width:100%"></p>' for p in plots)

@@ -48,6 +48,16 @@ def empty(n: int = 0) -> dict:
     return {"mean": None, "lo": None, "hi": None, "n": n}
 
 
+def fmt_interval(ci: dict | None, spec: str = ".3g") -> str:
+    """An interval as text, "mean [lo, hi]" each in `spec`: "–" without a mean, an unbounded
+    end (None) as −∞ / ∞."""
+    if not ci or ci.get("mean") is None:
+        return "–"
+    lo = "−∞" if ci["lo"] is None else format(ci["lo"], spec)
+    hi = "∞" if ci["hi"] is None else format(ci["hi"], spec)
+    return f"{format(ci['mean'], spec)} [{lo}, {hi}]"
+
+
 def bootstrap_ci(values: list[float | None], seed: int = 0) -> dict:
     """Mean of the finite values and its 95% percentile-bootstrap interval."""
     v = finite(values)[:, 0]

@@ -27,7 +27,7 @@ import numpy as np
 from halluscope.errors import UserError
 from halluscope.probes.probe import plain
 from halluscope.probes.skill import role
-from halluscope.probes.stats import RESAMPLES, paired_difference
+from halluscope.probes.stats import RESAMPLES, fmt_interval, paired_difference
 
 TOKENS = "chance_corrected_match"  # higher is better
 OBJECTS = "energy_objects"  # lower is better
@@ -174,6 +174,4 @@ def against_oracle(runs: list[list[dict]], sampler: str, context: float) -> str:
 
 
 def fmt(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "–"
-    return f"{stats['mean']:+.3f} [{stats['lo']:+.3f}, {stats['hi']:+.3f}]"
+    return fmt_interval(stats, "+.3f")
