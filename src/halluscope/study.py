@@ -475,17 +475,12 @@ def knows_more(models: list[dict], final: list[dict], plan: Plan) -> list[dict]:
     out = [needs_more_context(m, early[(m["variant"], m["train"], m["preset"])],
                               f"{m['preset']}, n={m['train']}, step {first} → {last}")
            for m in (final if first != last else ())]
-    for key in sorted({(m["variant"], m["train"]) for m in final}):
-        sizes = sorted((m for m in final if (m["variant"], m["train"]) == key), key=lambda m: m["params"])
-        if len(sizes) > 1:
-            small, large = sizes[0], sizes[-1]
-            out.append(needs_more_context(large, small, f"n={key[1]}, step {last}, {small['preset']} "
-                                          f"({small['params']} parameters) → {large['preset']} ({large['params']})"))
-    for key in sorted({(m["variant"], m["preset"]) for m in final}):
-        sizes = sorted((m for m in final if (m["variant"], m["preset"]) == key), key=lambda m: m["train"])
-        if len(sizes) > 1:
-            out.append(needs_more_context(sizes[-1], sizes[0], f"{key[1]}, step {last}, "
-                                          f"n={sizes[0]['train']} → n={sizes[-1]['train']}"))
+    for small, large in extremes(final, lambda m: (m["variant"], m["train"]), lambda m: m["params"]):
+        out.append(needs_more_context(large, small, f"n={large['train']}, step {last}, {small['preset']} "
+                                      f"({small['params']} parameters) → {large['preset']} ({large['params']})"))
+    for few, many in extremes(final, lambda m: (m["variant"], m["preset"]), lambda m: m["train"]):
+        out.append(needs_more_context(many, few, f"{many['preset']}, step {last}, "
+                                      f"n={few['train']} → n={many['train']}"))
     return out
 
 
@@ -504,15 +499,24 @@ def more_redundant(final: list[dict], plan: Plan) -> list[dict]:
     hi_c, out = str(plan.contexts[-1]), []
     for kind, expect in (("clip", +1), ("image", -1)):  # more randomness / less dependence: less redundant
         mine = [m for m in final if m["kind"] == kind]
-        knobs = sorted({m["knob"] for m in mine})
-        for key in sorted({(m["train"], m["preset"]) for m in mine}) if len(knobs) > 1 else ():
-            at = {m["knob"]: m for m in mine if (m["train"], m["preset"]) == key}
-            d = paired(at[knobs[-1]], at[knobs[0]], lambda b: b["contexts"][hi_c]["objects_invented"])
+        for low, high in extremes(mine, lambda m: (m["train"], m["preset"]), lambda m: m["knob"]):
+            d = paired(high, low, lambda b: b["contexts"][hi_c]["objects_invented"])
             out.append(finding(f"a more redundant world, fewer invented objects ({kind}, {KNOBS[kind]} "
-                               f"{knobs[0]:g} → {knobs[-1]:g}, {key[1]}, n={key[0]}, context {hi_c})",
-                               f"objects invented at {KNOBS[kind]} {knobs[-1]:g} minus at {knobs[0]:g}",
-                               over_seeds(d), expect, worst_kept(at[knobs[0]], at[knobs[-1]])))
+                               f"{low['knob']:g} → {high['knob']:g}, {low['preset']}, n={low['train']}, "
+                               f"context {hi_c})", f"objects invented at {KNOBS[kind]} {high['knob']:g} minus at "
+                               f"{low['knob']:g}", over_seeds(d), expect, worst_kept(low, high)))
     return out
+
+
+def extremes(models: list[dict], group, order) -> list[tuple[dict, dict]]:
+    """For each group of models (equal group(m), in sorted order) of more than one, its two
+    ends by order(m): (least, most)."""
+    ends = []
+    for key in sorted({group(m) for m in models}):
+        ranked = sorted((m for m in models if group(m) == key), key=order)
+        if len(ranked) > 1:
+            ends.append((ranked[0], ranked[-1]))
+    return ends
 
 
 def needs_more_context(more: dict, less: dict, change: str) -> dict:
